@@ -1,0 +1,95 @@
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
+
+from tenants.actors import Actor
+
+from .. import services
+from ..models import TenantCredential
+from .forms import TenantCredentialAdminForm, requirements_map
+
+SECRET_FIELDS = ("api_key", "extra")
+
+
+@admin.register(TenantCredential)
+class TenantCredentialAdmin(admin.ModelAdmin):
+    form = TenantCredentialAdminForm
+    list_display = ("tenant", "provider_type", "masked_key", "status_badge", "endpoint", "configured_at")
+    list_filter = ("provider_type", "tenant")
+    search_fields = ("tenant__name", "tenant__slug", "provider_type", "endpoint")
+    list_select_related = ("tenant",)
+    readonly_fields = ("masked_key", "status_badge", "configured_at", "updated_at")
+    change_form_template = "admin/credentials/tenantcredential/change_form.html"
+
+    def get_fieldsets(self, request, obj=None):
+        main = ("tenant", "provider_type", "api_key_input", "endpoint", "api_version", "deployment_name")
+        if obj is not None:
+            main = ("tenant", "provider_type", "masked_key", "status_badge", "api_key_input", "endpoint",
+                    "api_version", "deployment_name")
+        return [
+            (None, {"fields": main,
+                    "description": "A tenant's own key for one provider type. Calls of this tenant to models of "
+                                   "that type use it; if it is broken the call fails with a clear error and never "
+                                   "falls back to another key."}),
+            ("Advanced", {"fields": ("extra_input", "clear_extra") + (("configured_at", "updated_at") if obj else ()),
+                          "classes": ("collapse",)}),
+        ]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None:
+            return self.readonly_fields + ("tenant", "provider_type")
+        return ()
+
+    @admin.display(description="API key")
+    def masked_key(self, obj):
+        return obj.masked_key
+
+    @admin.display(description="Encryption")
+    def status_badge(self, obj):
+        return {
+            "encrypted": "encrypted",
+            "plaintext": "plaintext (run rotate_encryption_key)",
+            "undecryptable": "CANNOT BE DECRYPTED - replace it",
+            "empty": "-",
+        }[obj.encryption_status]
+
+    def lookup_allowed(self, lookup, value, request=None):
+        if lookup.split("__")[0] in SECRET_FIELDS:
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    @method_decorator(sensitive_post_parameters("api_key_input", "extra_input"))
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "provider_requirements": requirements_map()}
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        cred = services.credential_set(
+            actor=Actor.from_request(request, source="admin"),
+            tenant=obj.tenant if change else data["tenant"],
+            provider_type=obj.provider_type if change else data["provider_type"],
+            api_key=data.get("api_key_input") or "",
+            endpoint=data.get("endpoint") or "",
+            api_version=data.get("api_version") or "",
+            deployment_name=data.get("deployment_name") or "",
+            extra=form.extra_value(),
+            keep_existing_key=change,
+        )
+        obj.pk = cred.pk
+
+    def delete_model(self, request, obj):
+        services.credential_delete(actor=Actor.from_request(request, source="admin"), tenant=obj.tenant,
+                                   provider_type=obj.provider_type)
+
+    def delete_queryset(self, request, queryset):
+        actor = Actor.from_request(request, source="admin")
+        for obj in queryset.select_related("tenant"):
+            services.credential_delete(actor=actor, tenant=obj.tenant, provider_type=obj.provider_type)
+
+    def save_related(self, request, form, formsets, change):
+        pass  # no related objects; the service saved everything
+
+
+__all__ = ["TenantCredentialAdmin", "ValidationError", "messages"]

@@ -1,0 +1,102 @@
+import json
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from ..models import TenantCredential
+from ..provider_rules import (CREDENTIAL_FIELDS, UnknownProviderType, normalise_provider_type, provider_types,
+                              requirements_for)
+from ..services import KEEP, credential_check_input
+
+
+def requirements_map() -> dict:
+    """For the form's script: required/optional credential fields of every provider type."""
+    out = {}
+    for ptype in provider_types():
+        req = requirements_for(ptype)
+        out[ptype] = {"required": list(req.required), "optional": list(req.optional), "note": req.note}
+    return out
+
+
+class TenantCredentialAdminForm(forms.ModelForm):
+    provider_type = forms.ChoiceField(
+        choices=(),
+        help_text="Every LiteLLM provider type. The fields below follow the type: azure needs endpoint, API version "
+                  "and deployment; hosted_vllm may leave the endpoint empty to use VLLM_MODEL_URL.",
+    )
+    api_key_input = forms.CharField(
+        label="API key",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only. Stored encrypted. On an existing credential, leave blank to keep the current key.",
+    )
+    extra_input = forms.CharField(
+        label="Extra settings (JSON)",
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Optional JSON object of further provider settings, stored encrypted and never shown again. "
+                  "Leave blank to keep what is stored.",
+    )
+    clear_extra = forms.BooleanField(required=False, help_text="Remove the stored extra settings.")
+
+    class Meta:
+        model = TenantCredential
+        fields = ("tenant", "provider_type", "endpoint", "api_version", "deployment_name")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "provider_type" in self.fields:
+            self.fields["provider_type"].choices = [("", "---------")] + [(p, p) for p in provider_types()]
+
+    def clean_provider_type(self):
+        try:
+            return normalise_provider_type(self.cleaned_data["provider_type"])
+        except UnknownProviderType as exc:
+            raise ValidationError(str(exc)) from None
+
+    def clean_extra_input(self):
+        raw = self.cleaned_data.get("extra_input") or ""
+        if not raw.strip():
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise ValidationError("Not valid JSON.") from None
+        if not isinstance(value, dict):
+            raise ValidationError("Must be a JSON object, e.g. {\"organization\": \"org-1\"}.")
+        return value
+
+    def extra_value(self):
+        if self.cleaned_data.get("clear_extra"):
+            return None
+        value = self.cleaned_data.get("extra_input")
+        if value is None and self.instance.pk:
+            return KEEP
+        return value
+
+    def clean(self):
+        data = super().clean()
+        ptype = self.instance.provider_type if self.instance.pk else data.get("provider_type")
+        if not ptype:
+            return data
+        try:
+            credential_check_input(
+                provider_type=ptype,
+                api_key=data.get("api_key_input"),
+                endpoint=data.get("endpoint") or "",
+                api_version=data.get("api_version") or "",
+                deployment_name=data.get("deployment_name") or "",
+                key_optional=bool(self.instance.pk),
+            )
+        except ValidationError as exc:
+            for field, messages in exc.message_dict.items():
+                target = "api_key_input" if field == "api_key" else field
+                if target not in self.fields:
+                    target = None
+                for message in messages:
+                    self.add_error(target, message)
+        return data
+
+
+__all__ = ["TenantCredentialAdminForm", "requirements_map", "CREDENTIAL_FIELDS"]

@@ -1,0 +1,193 @@
+"""The one place that answers: which key and endpoint does tenant T use for provider type P?
+
+Order (DESIGN.md):
+1. the tenant's own credential, if it has one. If it is incomplete or cannot be decrypted: an error,
+   never a fallback to anyone else's key;
+2. strict mode (TENANT_CREDENTIALS_ENABLED=true): no credential = a clear error;
+3. shared mode: the provider's own active key (passed in by the caller, the providers app), then the
+   global key from the environment (OPENAI_API_KEY, ..., VLLM_MODEL_URL/VLLM_API_KEY).
+
+Plaintext lives only in the returned object, for the duration of one call. Nothing here caches it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from django.conf import settings
+
+from . import crypto
+from .models import TenantCredential
+from .provider_rules import EXTRA_OPENAI_COMPATIBLE, missing_fields
+
+
+class CredentialError(Exception):
+    """Resolution failed. The message names tenant and provider, never a key."""
+
+    code = "credential_error"
+
+
+class CredentialMissing(CredentialError):
+    code = "credential_missing"
+
+
+class CredentialInvalid(CredentialError):
+    code = "credential_invalid"
+
+
+class CredentialUndecryptable(CredentialError):
+    code = "credential_undecryptable"
+
+
+@dataclass(frozen=True, repr=False)
+class ResolvedCredential:
+    provider_type: str
+    source: str  # tenant | provider_key | global_env | none
+    api_key: str | None = None
+    api_base: str | None = None
+    api_version: str | None = None
+    deployment_name: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __repr__(self):
+        from .masking import mask
+
+        return (
+            f"ResolvedCredential(provider_type={self.provider_type!r}, source={self.source!r}, "
+            f"api_key={mask(self.api_key)!r}, api_base={self.api_base!r})"
+        )
+
+    __str__ = __repr__
+
+    def litellm_kwargs(self) -> dict:
+        kwargs = {"api_key": self.api_key}
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        if self.api_version:
+            kwargs["api_version"] = self.api_version
+        return kwargs
+
+
+# provider type -> (key variable, base-url variable, api-version variable, deployment variable)
+GLOBAL_ENV = {
+    "openai": ("OPENAI_API_KEY", "OPENAI_API_BASE", None, None),
+    "azure": ("AZURE_API_KEY", "AZURE_API_BASE", "AZURE_API_VERSION", "AZURE_DEPLOYMENT_NAME"),
+    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_API_BASE", None, None),
+    "mistral": ("MISTRAL_API_KEY", "MISTRAL_API_BASE", None, None),
+    "gemini": ("GEMINI_API_KEY", None, None, None),
+    "hosted_vllm": ("VLLM_API_KEY", "VLLM_MODEL_URL", None, None),
+    "berget": ("BERGET_API_KEY", "BERGET_API_BASE", None, None),
+    "ovhcloud": ("OVHCLOUD_API_KEY", "OVHCLOUD_API_BASE", None, None),
+}
+
+
+def _env_names(provider_type: str):
+    if provider_type in GLOBAL_ENV:
+        return GLOBAL_ENV[provider_type]
+    upper = provider_type.upper().replace("-", "_")
+    return (f"{upper}_API_KEY", f"{upper}_API_BASE", None, None)
+
+
+def global_env_credential(provider_type: str) -> ResolvedCredential | None:
+    key_var, base_var, version_var, deployment_var = _env_names(provider_type)
+    api_key = os.environ.get(key_var, "").strip() or None
+    api_base = (os.environ.get(base_var, "").strip() if base_var else "") or None
+    if provider_type == "azure" and not api_base:
+        api_base = os.environ.get("AZURE_ENDPOINT", "").strip() or None
+    if not api_key and not (provider_type == "hosted_vllm" and api_base):
+        return None
+    if provider_type in EXTRA_OPENAI_COMPATIBLE and not api_base:
+        api_base = EXTRA_OPENAI_COMPATIBLE[provider_type]
+    return ResolvedCredential(
+        provider_type=provider_type,
+        source="global_env",
+        api_key=api_key,
+        api_base=api_base,
+        api_version=(os.environ.get(version_var, "").strip() or None) if version_var else None,
+        deployment_name=(os.environ.get(deployment_var, "").strip() or None) if deployment_var else None,
+    )
+
+
+def global_env_secrets() -> list[str]:
+    """Every global provider key currently set (for the log masking filter)."""
+    names = {v[0] for v in GLOBAL_ENV.values()}
+    names.update(k for k in os.environ if k.endswith("_API_KEY"))
+    return [os.environ[n] for n in names if os.environ.get(n)]
+
+
+def _from_tenant_credential(cred: TenantCredential, tenant_label: str) -> ResolvedCredential:
+    ptype = cred.provider_type
+    try:
+        api_key = cred.api_key.reveal() if cred.api_key is not None else None
+        extra = cred.extra.reveal() if cred.extra is not None else {}
+    except crypto.DecryptionError:
+        raise CredentialUndecryptable(
+            f"Failed to decrypt credential for provider '{ptype}' (tenant '{tenant_label}'). "
+            "Encryption key may be incorrect or data corrupted."
+        ) from None
+    values = {
+        "api_key": api_key or "",
+        "endpoint": cred.endpoint,
+        "api_version": cred.api_version,
+        "deployment_name": cred.deployment_name,
+    }
+    missing = missing_fields(ptype, values)
+    if missing:
+        raise CredentialInvalid(
+            f"The credential of tenant '{tenant_label}' for provider '{ptype}' is incomplete "
+            f"(missing: {', '.join(missing)}). Replace it with PUT "
+            f"/api/v1/sysadmin/tenants/<tenant_id>/credentials/{ptype}."
+        )
+    api_base = cred.endpoint or None
+    if ptype == "hosted_vllm" and not api_base:
+        api_base = os.environ.get("VLLM_MODEL_URL", "").strip() or None
+    if ptype in EXTRA_OPENAI_COMPATIBLE and not api_base:
+        api_base = EXTRA_OPENAI_COMPATIBLE[ptype]
+    return ResolvedCredential(
+        provider_type=ptype,
+        source="tenant",
+        api_key=api_key,
+        api_base=api_base,
+        api_version=cred.api_version or None,
+        deployment_name=cred.deployment_name or None,
+        extra=extra or {},
+    )
+
+
+def credential_resolve(
+    *,
+    tenant,
+    provider_type: str,
+    provider_fallback: Callable[[], ResolvedCredential | None] | None = None,
+    tenant_credential: TenantCredential | None | type(...) = ...,
+) -> ResolvedCredential:
+    """Resolve the credential tenant `tenant` uses for `provider_type`.
+
+    `provider_fallback` returns the provider's own active key (shared mode only).
+    `tenant_credential` may be passed when the caller already loaded the row (or knows there is none,
+    with None) to save a query; by default it is looked up.
+    """
+    tenant_label = getattr(tenant, "slug", None) or str(tenant)
+    if tenant_credential is ...:
+        tenant_credential = TenantCredential.objects.filter(tenant=tenant, provider_type=provider_type).first()
+    if tenant_credential is not None:
+        return _from_tenant_credential(tenant_credential, tenant_label)
+    if settings.TENANT_CREDENTIALS_ENABLED:
+        raise CredentialMissing(
+            f"No API key configured for provider '{provider_type}' (tenant '{tenant_label}'). "
+            "Tenant-specific credentials are enabled - each tenant must configure their own credentials. "
+            f"A sysadmin can set one with PUT /api/v1/sysadmin/tenants/<tenant_id>/credentials/{provider_type}."
+        )
+    if provider_fallback is not None:
+        resolved = provider_fallback()
+        if resolved is not None:
+            return resolved
+    resolved = global_env_credential(provider_type)
+    if resolved is not None:
+        return resolved
+    raise CredentialMissing(
+        f"No API key configured for provider '{provider_type}' (tenant '{tenant_label}'): the tenant has no "
+        f"credential, the provider has no active key and no global key is set "
+        f"({_env_names(provider_type)[0]})."
+    )

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+from django.db import transaction
+from django.utils import timezone
+
+from tenants.actors import Actor
+from tenants.models import Tenant
+from tenants.services import audit_record
+
+from . import crypto
+from .fields import Sealed
+from .masking import last4_of, mask
+from .models import TenantCredential
+from .provider_rules import normalise_provider_type, requirements_for
+
+_url = URLValidator(schemes=["http", "https"])
+
+KEEP = object()  # admin edits: "keep the stored extra settings"
+
+
+def _validate_endpoint(endpoint: str) -> str:
+    endpoint = (endpoint or "").strip()
+    if not endpoint:
+        return ""
+    try:
+        _url(endpoint)
+    except ValidationError:
+        raise ValidationError({"endpoint": "Enter a valid http(s) URL."}) from None
+    if "@" in endpoint.split("//", 1)[-1].split("/", 1)[0]:
+        raise ValidationError({"endpoint": "The URL must not contain credentials (user:password@host)."})
+    return endpoint.rstrip("/")
+
+
+def credential_check_input(
+    *, provider_type: str, api_key: str | None, endpoint: str = "", api_version: str = "",
+    deployment_name: str = "", extra=None, key_optional: bool = False,
+) -> tuple[str, dict]:
+    """Validate a credential for a (normalised) provider type; returns (api_key, cleaned values).
+
+    Raises ValidationError with one message per missing or invalid field, naming the type's requirements.
+    """
+    api_key = (api_key or "").strip()
+    values = {
+        "endpoint": (endpoint or "").strip(),
+        "api_version": (api_version or "").strip(),
+        "deployment_name": (deployment_name or "").strip(),
+    }
+    reqs = requirements_for(provider_type)
+    errors = {}
+    if not api_key and not key_optional:
+        errors["api_key"] = f"This field is required and must not be empty ({reqs.describe()})."
+    for name in reqs.required:
+        if name != "api_key" and not values.get(name):
+            errors[name] = f"This field is required ({reqs.describe()})."
+    if not errors.get("endpoint"):
+        try:
+            values["endpoint"] = _validate_endpoint(values["endpoint"])
+        except ValidationError as exc:
+            errors.update(exc.message_dict)
+    if extra is not None and extra is not KEEP and not isinstance(extra, dict):
+        errors["extra"] = "Must be a JSON object."
+    if errors:
+        raise ValidationError(errors)
+    return api_key, values
+
+
+@transaction.atomic
+def credential_set(
+    *,
+    actor: Actor,
+    tenant: Tenant,
+    provider_type: str,
+    api_key: str | None,
+    endpoint: str = "",
+    api_version: str = "",
+    deployment_name: str = "",
+    extra: dict | None = None,
+    keep_existing_key: bool = False,
+) -> TenantCredential:
+    """Create or replace the tenant's credential for a provider type (the whole entry is replaced).
+
+    `keep_existing_key` (admin edits): a blank api_key keeps the stored one instead of being an error.
+    Raises ValidationError with one message per missing/invalid field, naming the provider's requirements.
+    """
+    provider_type = normalise_provider_type(provider_type)
+    existing = TenantCredential.objects.select_for_update().filter(tenant=tenant, provider_type=provider_type).first()
+    key_kept = keep_existing_key and not (api_key or "").strip() and existing is not None
+    api_key, values = credential_check_input(
+        provider_type=provider_type, api_key=api_key, endpoint=endpoint, api_version=api_version,
+        deployment_name=deployment_name, extra=extra, key_optional=key_kept,
+    )
+
+    cred = existing or TenantCredential(tenant=tenant, provider_type=provider_type)
+    before = _audit_view(existing) if existing else None
+    if not key_kept:
+        cred.api_key = Sealed(crypto.encrypt(api_key))
+        cred.api_key_last4 = last4_of(api_key)
+    cred.endpoint = values["endpoint"]
+    cred.api_version = values["api_version"]
+    cred.deployment_name = values["deployment_name"]
+    if extra is not KEEP:
+        cred.extra = Sealed(crypto.encrypt(_json(extra)), is_json=True) if extra else None
+    cred.configured_at = timezone.now()
+    cred.full_clean(exclude=["api_key", "extra"])
+    cred.save()
+    after = _audit_view(cred)
+    if before is not None:
+        after["api_key"] = "********" if key_kept else "***CHANGED***"
+    audit_record(
+        actor=actor,
+        action="credential.set" if existing is None else "credential.replace",
+        target=cred,
+        tenant=tenant,
+        changes={"before": before, "after": after},
+    )
+    return cred
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _audit_view(cred: TenantCredential) -> dict:
+    return {
+        "provider": cred.provider_type,
+        "api_key": cred.masked_key,
+        "endpoint": cred.endpoint,
+        "api_version": cred.api_version,
+        "deployment_name": cred.deployment_name,
+        "extra": "********" if cred.extra is not None else None,
+    }
+
+
+@transaction.atomic
+def credential_delete(*, actor: Actor, tenant: Tenant, provider_type: str) -> bool:
+    """Delete the tenant's credential for a provider type. Idempotent; never decrypts anything."""
+    provider_type = normalise_provider_type(provider_type)
+    cred = TenantCredential.objects.filter(tenant=tenant, provider_type=provider_type).first()
+    if cred is None:
+        return False
+    view, pk = _audit_view(cred), cred.pk
+    cred.delete()
+    cred.pk = pk  # so the audit event names the deleted row
+    audit_record(actor=actor, action="credential.delete", target=cred, tenant=tenant, changes={"before": view, "after": None})
+    return True
+
+
+__all__ = ["credential_set", "credential_delete", "mask"]

@@ -1,0 +1,220 @@
+"""Settings, read from the environment (django-environ).
+
+Every variable is listed, with its default, in `.env.example` and in README.md's configuration table.
+Secrets (SECRET_KEY, ENCRYPTION_KEY) have no default: a missing one stops start-up with a message that
+says how to make one.
+"""
+import os
+import sys
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+# LiteLLM must never reach the internet at run time: its model cost map is read from the package.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_TELEMETRY", "False")
+
+env = environ.Env()
+_env_file = Path(os.environ.get("ENV_FILE", BASE_DIR / ".env"))
+if _env_file.is_file():
+    env.read_env(str(_env_file))
+
+DEBUG = env.bool("DEBUG", default=False)
+
+# Commands that must work before any key exists (they are how you make one).
+_KEYLESS_COMMANDS = {"generate_encryption_key"}
+_keyless = len(sys.argv) > 1 and sys.argv[1] in _KEYLESS_COMMANDS
+
+
+def _required_secret(name: str, how: str) -> str:
+    value = env.str(name, default="")
+    if not value and not _keyless:
+        raise ImproperlyConfigured(f"{name} is not set. {how}")
+    return value
+
+
+SECRET_KEY = _required_secret(
+    "SECRET_KEY",
+    "Set it to a long random string, e.g. the output of "
+    "`python -c \"import secrets; print(secrets.token_urlsafe(50))\"`.",
+)
+
+# --- Encryption of stored secrets (credentials app) ----------------------------------------------
+# ENCRYPTION_KEY encrypts every new value; ENCRYPTION_KEYS_OLD (comma-separated, newest first) are
+# still accepted for reading while `manage.py rotate_encryption_key` re-encrypts the rows.
+ENCRYPTION_KEY = _required_secret(
+    "ENCRYPTION_KEY",
+    "Generate one with `python manage.py generate_encryption_key` and keep a copy with your database "
+    "backups: without it no stored credential can be read.",
+)
+ENCRYPTION_KEYS_OLD = env.list("ENCRYPTION_KEYS_OLD", default=[])
+if not _keyless:
+    from cryptography.fernet import Fernet
+
+    for _label, _key in [("ENCRYPTION_KEY", ENCRYPTION_KEY)] + [
+        (f"ENCRYPTION_KEYS_OLD[{i}]", k) for i, k in enumerate(ENCRYPTION_KEYS_OLD)
+    ]:
+        try:
+            Fernet(_key)
+        except Exception:
+            raise ImproperlyConfigured(
+                f"{_label} is not a valid Fernet key (32 url-safe base64-encoded bytes). "
+                "Generate one with `python manage.py generate_encryption_key`."
+            ) from None
+
+# Sysadmin key for /api/v1/sysadmin (header X-API-Key). Eneo/Intric names are accepted as aliases.
+SUPER_API_KEY = (
+    env.str("SUPER_API_KEY", default="")
+    or env.str("ENEO_SUPER_API_KEY", default="")
+    or env.str("INTRIC_SUPER_API_KEY", default="")
+)
+
+# Strict mode: each tenant must bring its own credential; no fallback to provider or global keys.
+TENANT_CREDENTIALS_ENABLED = env.bool("TENANT_CREDENTIALS_ENABLED", default=False)
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "guardian",
+    "django_celery_beat",
+    "tenants",
+    "credentials",
+    "providers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "eneo_site.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "eneo_site.wsgi.application"
+ASGI_APPLICATION = "eneo_site.asgi.application"
+
+VAR_DIR.mkdir(exist_ok=True)
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+ANONYMOUS_USER_NAME = None  # guardian: no anonymous user object
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+# --- Security (production defaults; DEBUG=true relaxes the cookie/TLS ones for local http) ----------
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=False) else None
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=2 * 1024 * 1024)
+# The health endpoint of a load balancer must not be redirected to https.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+# --- Celery ----------------------------------------------------------------------------------------
+# Default: kombu's filesystem transport under var/ (no server). Production and CI: redis://...
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _q = VAR_DIR / "celery" / "queue"
+    _p = VAR_DIR / "celery" / "processed"
+    _q.mkdir(parents=True, exist_ok=True)
+    _p.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_q),
+        "data_folder_out": str(_q),
+        "data_folder_processed": str(_p),
+    }
+# Task outcomes are stored in our own tables (never secrets); Celery's result backend is off by default.
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
+CELERY_TASK_IGNORE_RESULT = CELERY_RESULT_BACKEND is None
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# --- API -------------------------------------------------------------------------------------------
+NINJA_PAGINATION_PER_PAGE = 50
+NINJA_PAGINATION_MAX_LIMIT = 500
+
+# --- Logging: every handler masks secrets (credentials.masking.SecretMaskingFilter) ----------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"mask_secrets": {"()": "credentials.masking.SecretMaskingFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["mask_secrets"],
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+    },
+}

@@ -1,0 +1,27 @@
+"""Who is acting: passed to every service so that audit events say who changed what, and from where."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Actor:
+    name: str
+    source: str = "system"  # admin, api, command, task, system
+    ip: str | None = None
+    user_id: int | None = None
+    is_sysadmin: bool = False
+
+    @classmethod
+    def from_request(cls, request, *, source: str) -> "Actor":
+        user = getattr(request, "user", None)
+        auth = getattr(request, "auth", None)
+        if isinstance(auth, Actor):
+            return auth
+        ip = request.META.get("REMOTE_ADDR")
+        if user is not None and user.is_authenticated:
+            return cls(name=user.get_username(), source=source, ip=ip, user_id=user.pk, is_sysadmin=user.is_superuser)
+        return cls(name="anonymous", source=source, ip=ip)
+
+
+SYSTEM = Actor(name="system")
