@@ -22,3 +22,4 @@ STORAGES = {
 }
 LOG_LEVEL = "DEBUG"
 LOGGING["root"]["level"] = "DEBUG"  # noqa: F405  (canary tests read DEBUG logs)
+LOGGING["loggers"]["asyncio"] = {"level": "WARNING"}  # noqa: F405
