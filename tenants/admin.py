@@ -75,6 +75,7 @@ class TenantAdmin(admin.ModelAdmin):
         if formset.model is not TenantMembership:
             return super().save_formset(request, form, formset, change)
         actor = Actor.from_request(request, source="admin")
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         for inline_form in formset.forms:
             if not inline_form.has_changed() or not inline_form.cleaned_data:
                 continue
