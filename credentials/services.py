@@ -20,7 +20,7 @@ _url = URLValidator(schemes=["http", "https"])
 KEEP = object()  # admin edits: "keep the stored extra settings"
 
 
-def _validate_endpoint(endpoint: str) -> str:
+def endpoint_validate(endpoint: str) -> str:
     endpoint = (endpoint or "").strip()
     if not endpoint:
         return ""
@@ -56,7 +56,7 @@ def credential_check_input(
             errors[name] = f"This field is required ({reqs.describe()})."
     if not errors.get("endpoint"):
         try:
-            values["endpoint"] = _validate_endpoint(values["endpoint"])
+            values["endpoint"] = endpoint_validate(values["endpoint"])
         except ValidationError as exc:
             errors.update(exc.message_dict)
     if extra is not None and extra is not KEEP and not isinstance(extra, dict):

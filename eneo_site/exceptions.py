@@ -9,6 +9,8 @@ from django.db import IntegrityError
 from credentials.crypto import DecryptionError
 from credentials.provider_rules import UnknownProviderType
 from credentials.resolution import CredentialError
+from providers.selectors import Forbidden, NotFound
+from providers.services import Conflict
 
 log = logging.getLogger("eneo.api")
 
@@ -39,6 +41,18 @@ def install(api):
     @api.exception_handler(DecryptionError)
     def on_decryption_error(request, exc):
         return api.create_response(request, {"detail": str(exc), "code": "credential_undecryptable"}, status=409)
+
+    @api.exception_handler(NotFound)
+    def on_not_found(request, exc):
+        return api.create_response(request, {"detail": str(exc)}, status=404)
+
+    @api.exception_handler(Forbidden)
+    def on_forbidden(request, exc):
+        return api.create_response(request, {"detail": str(exc)}, status=403)
+
+    @api.exception_handler(Conflict)
+    def on_conflict(request, exc):
+        return api.create_response(request, {"detail": str(exc)}, status=409)
 
     @api.exception_handler(IntegrityError)
     def on_integrity_error(request, exc):

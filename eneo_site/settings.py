@@ -219,3 +219,8 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
     },
 }
+
+# --- Provider calls ----------------------------------------------------------------------------------
+PROVIDER_TEST_TIMEOUT = env.float("PROVIDER_TEST_TIMEOUT", default=15.0)  # seconds, connectivity tests
+PROBE_MAX_TOKENS_REASONING = env.int("PROBE_MAX_TOKENS_REASONING", default=16)  # 1 token fails reasoning models
+API_KEY_PEPPER = env.str("API_KEY_PEPPER", default="")  # HMAC key for tenant API keys (default: SECRET_KEY)

@@ -65,3 +65,33 @@ class AuditEvent(models.Model):
 
     def __str__(self):
         return f"{self.action} {self.target_type}:{self.target_id} by {self.actor}"
+
+
+class TenantApiKey(models.Model):
+    """A tenant's API key for REST and the /v1 gateway. Stored as a lookup prefix + HMAC digest (never plaintext).
+
+    Format shown once at creation: ``eneo_<prefix>_<secret>``.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, help_text="What the key is for, e.g. 'intranet chatbot'.")
+    prefix = models.CharField(max_length=16, unique=True, editable=False, help_text="Public lookup part of the key.")
+    digest = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list, blank=True,
+                              help_text="Allowed operations, e.g. aiProviders:ListAiProviders; '*' = all.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    is_active = models.BooleanField(default=True, help_text="Revoked keys are rejected immediately.")
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty = never expires.")
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant_id", "name"]
+        verbose_name = "tenant API key"
+
+    def __str__(self):
+        return f"{self.name} (eneo_{self.prefix}_...)"
+
+    def has_scope(self, scope: str) -> bool:
+        return "*" in self.scopes or scope in self.scopes

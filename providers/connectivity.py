@@ -1,0 +1,153 @@
+"""Connectivity test, model validation and (later) health probes: minimal real calls through LiteLLM.
+
+Outcomes users know from Eneo: "Invalid API key", "Could not connect to the API", "None of the test models
+could be found", otherwise "Connection test failed: ..." (masked). Every outcome is stored as a
+ProviderCheck row and on the provider's health fields; messages never contain a key.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.utils import timezone
+
+from credentials.masking import mask_text, secret_scope
+from credentials.resolution import CredentialError, ResolvedCredential
+
+from .choices import HealthStatus, ModelStatus, ModelType
+from .models import AIModel, Provider, ProviderCheck
+from .provider_types import get_spec
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    ok: bool
+    status: str
+    message: str
+    latency_ms: int | None = None
+    model_id: str | None = None
+
+
+def litellm_model_name(provider: Provider, model_id: str) -> str:
+    return f"{get_spec(provider.provider_type).litellm_prefix}/{model_id}"
+
+
+def _call_kwargs(cred: ResolvedCredential) -> dict:
+    kwargs = {"api_key": cred.api_key or "none"}
+    if cred.api_base:
+        kwargs["api_base"] = cred.api_base
+    if cred.api_version:
+        kwargs["api_version"] = cred.api_version
+    return kwargs
+
+
+def classify_error(exc: Exception) -> tuple[str, str]:
+    """(health status, user-facing message) for an exception from a provider call. Masked."""
+    import litellm
+
+    if isinstance(exc, CredentialError):
+        return HealthStatus.DOWN, str(exc)
+    if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
+        return HealthStatus.DOWN, "Invalid API key"
+    if isinstance(exc, (litellm.Timeout, litellm.APIConnectionError)):
+        return HealthStatus.DOWN, "Could not connect to the API"
+    if isinstance(exc, litellm.NotFoundError):
+        return HealthStatus.DEGRADED, "None of the test models could be found"
+    if isinstance(exc, litellm.RateLimitError):
+        return HealthStatus.DEGRADED, "Rate limited by the provider (429); the key works"
+    text = mask_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return HealthStatus.DOWN, f"Connection test failed: {text[:300]}"
+
+
+def _probe(provider: Provider, model: AIModel | None, model_id: str, model_type: str, cred: ResolvedCredential):
+    import litellm
+
+    name = litellm_model_name(provider, model_id)
+    timeout = settings.PROVIDER_TEST_TIMEOUT
+    with secret_scope(cred.api_key):
+        if model_type == ModelType.EMBEDDING:
+            litellm.embedding(model=name, input=["test"], timeout=timeout, num_retries=0, **_call_kwargs(cred))
+        else:
+            extra = model.model_config.reveal() if model is not None and model.model_config is not None else {}
+            max_tokens = settings.PROBE_MAX_TOKENS_REASONING if (model and model.supports_reasoning) else 1
+            litellm.completion(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens,
+                               timeout=timeout, num_retries=0, drop_params=True, **{**extra, **_call_kwargs(cred)})
+
+
+def _test_candidates(provider: Provider) -> list[tuple[AIModel | None, str, str]]:
+    models = list(provider.models.filter(status=ModelStatus.ACTIVE).order_by("model_type", "id")[:3])
+    if models:
+        return [(m, m.model_id, m.model_type) for m in models]
+    spec = get_spec(provider.provider_type)
+    return [(None, m, ModelType.INFERENCE) for m in spec.test_models]
+
+
+def _record(provider: Provider, kind: str, outcome: CheckOutcome, *, model=None, tenant=None, check=None,
+            update_health=True) -> ProviderCheck:
+    now = timezone.now()
+    check = check or ProviderCheck(provider=provider, model=model, tenant=tenant, kind=kind)
+    check.state, check.ok, check.status = ProviderCheck.State.DONE, outcome.ok, outcome.status
+    check.latency_ms, check.message, check.finished_at = outcome.latency_ms, outcome.message[:500], now
+    check.details = {"model_id": outcome.model_id} if outcome.model_id else {}
+    check.save()
+    if update_health and tenant is None:
+        Provider.objects.filter(pk=provider.pk).update(
+            health_status=outcome.status, health_checked_at=now, health_latency_ms=outcome.latency_ms,
+            health_error="" if outcome.ok else outcome.message[:500],
+        )
+    return check
+
+
+def provider_test(*, provider: Provider, tenant=None, check: ProviderCheck | None = None) -> CheckOutcome:
+    """A 1-token completion to a model of the provider (or a cheap known one) with the resolved key."""
+    from .services import provider_credential
+
+    started = time.monotonic()
+    try:
+        cred = provider_credential(provider=provider, tenant=tenant)
+    except CredentialError as exc:
+        outcome = CheckOutcome(False, HealthStatus.DOWN, str(exc))
+        _record(provider, ProviderCheck.Kind.TEST, outcome, tenant=tenant, check=check)
+        return outcome
+    candidates = _test_candidates(provider)
+    if not candidates:
+        outcome = CheckOutcome(False, HealthStatus.UNKNOWN,
+                               "No model to test with: add a model (for Azure, a deployment) first.")
+        _record(provider, ProviderCheck.Kind.TEST, outcome, tenant=tenant, check=check, update_health=False)
+        return outcome
+    outcome = None
+    for model, model_id, model_type in candidates:
+        try:
+            _probe(provider, model, model_id, model_type, cred)
+            latency = int((time.monotonic() - started) * 1000)
+            outcome = CheckOutcome(True, HealthStatus.HEALTHY, f"Connection OK ({model_id})", latency, model_id)
+            break
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, masked
+            status, message = classify_error(exc)
+            outcome = CheckOutcome(False, status, message, int((time.monotonic() - started) * 1000), model_id)
+            if message != "None of the test models could be found":
+                break
+    _record(provider, ProviderCheck.Kind.TEST, outcome, tenant=tenant, check=check)
+    return outcome
+
+
+def model_validate(*, model: AIModel, tenant=None, check: ProviderCheck | None = None) -> CheckOutcome:
+    """One tiny completion (or an embedding of "test") with exactly this model."""
+    from .services import provider_credential
+
+    provider = model.provider
+    started = time.monotonic()
+    try:
+        cred = provider_credential(provider=provider, tenant=tenant)
+        _probe(provider, model, model.model_id, model.model_type, cred)
+        outcome = CheckOutcome(True, HealthStatus.HEALTHY, f"Model {model.model_id} answered",
+                               int((time.monotonic() - started) * 1000), model.model_id)
+    except Exception as exc:  # noqa: BLE001
+        status, message = classify_error(exc)
+        if message == "None of the test models could be found":
+            message = f"Model '{model.model_id}' was not found at the provider"
+        outcome = CheckOutcome(False, status, message, int((time.monotonic() - started) * 1000), model.model_id)
+    _record(provider, ProviderCheck.Kind.VALIDATE, outcome, model=model, tenant=tenant, check=check,
+            update_health=False)
+    return outcome

@@ -1,0 +1,403 @@
+"""All writes to providers, keys, models, enablements and ACL grants. Each writes an audit event."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from guardian.shortcuts import assign_perm, remove_perm
+
+from credentials import crypto
+from credentials.fields import Sealed
+from credentials.masking import last4_of
+from credentials.provider_rules import UnknownProviderType, normalise_provider_type
+from credentials.resolution import ResolvedCredential, credential_resolve
+from credentials.services import endpoint_validate
+from tenants.actors import Actor
+from tenants.models import Tenant, TenantMembership
+from tenants.services import audit_record
+
+from .choices import AclRole, ModelType
+from .models import AIModel, FavouriteProviderType, Provider, ProviderKey, TenantModelEnablement
+from .provider_types import get_spec, known_model
+
+
+class Conflict(Exception):
+    """409: the change conflicts with existing data (duplicate name, provider still has models, ...)."""
+
+
+PROVIDER_FIELDS = ("name", "base_url", "api_version", "capabilities", "instance_wide", "status", "rpm", "tpm",
+                   "max_concurrency")
+MODEL_FIELDS = ("model_id", "display_label", "alias", "model_type", "context_window", "max_output_tokens",
+                "supports_vision", "supports_tools", "supports_reasoning", "supports_json_mode",
+                "supports_system_prompt", "supports_streaming", "input_cost_per_million", "output_cost_per_million",
+                "instance_wide", "status")
+CAPABILITY_FLAGS = ("system_prompt", "json_mode", "reasoning", "vision", "tools", "streaming")
+
+ROLE_ACTIONS = {
+    AclRole.VIEWER: ("view",),
+    AclRole.EDITOR: ("view", "change"),
+    AclRole.MANAGER: ("view", "change", "share"),
+    AclRole.OWNER: ("view", "change", "share", "delete"),
+}
+
+
+def _seal(value, *, is_json=False):
+    import json
+
+    text = json.dumps(value, separators=(",", ":"), sort_keys=True) if is_json else value
+    return Sealed(crypto.encrypt(text), is_json=is_json)
+
+
+def _provider_type(value: str) -> str:
+    try:
+        return normalise_provider_type(value)
+    except UnknownProviderType as exc:
+        raise ValidationError({"provider_type": str(exc)}) from None
+
+
+def _check_capabilities(capabilities) -> dict:
+    if capabilities in (None, ""):
+        return {}
+    if not isinstance(capabilities, dict):
+        raise ValidationError({"capabilities": "Must be an object of flags."})
+    unknown = set(capabilities) - set(CAPABILITY_FLAGS)
+    if unknown:
+        raise ValidationError({"capabilities": f"Unknown flag(s): {', '.join(sorted(unknown))}. "
+                                               f"Known: {', '.join(CAPABILITY_FLAGS)}."})
+    return {k: bool(v) for k, v in capabilities.items()}
+
+
+def _validate_provider(provider: Provider):
+    spec = get_spec(provider.provider_type)
+    errors = {}
+    try:
+        provider.base_url = endpoint_validate(provider.base_url or "")
+    except ValidationError as exc:
+        errors.update({"base_url": exc.message_dict["endpoint"]})
+    for field in spec.fields:
+        if not field.required or field.name == "api_key":
+            continue  # a key is optional: without one, tenants' credentials or the global env key are used
+        if not getattr(provider, field.name, "") and field.name not in errors:
+            errors[field.name] = f"{field.label} is required for {spec.label}."
+    if errors:
+        raise ValidationError(errors)
+    provider.full_clean(exclude=["config"], validate_unique=False, validate_constraints=False)
+
+
+def _save_unique(obj, message: str):
+    try:
+        with transaction.atomic():
+            obj.save()
+    except IntegrityError:
+        raise Conflict(message) from None
+
+
+def _audit_provider(provider: Provider) -> dict:
+    return {f: getattr(provider, f) for f in ("name", "provider_type", "base_url", "api_version", "instance_wide",
+                                              "status", "rpm", "tpm", "max_concurrency")} | {
+        "config": "********" if provider.config is not None else None}
+
+
+@transaction.atomic
+def provider_create(
+    *, actor: Actor, tenant: Tenant | None, owner=None, name: str, provider_type: str, base_url: str = "",
+    api_version: str = "", config: dict | None = None, capabilities: dict | None = None,
+    instance_wide: bool = False, status: str = "active", rpm: int | None = None, tpm: int | None = None,
+    max_concurrency: int | None = None, api_key: str | None = None, key_label: str = "",
+    sealed_api_key: Sealed | None = None, models: list[dict] | None = None,
+) -> Provider:
+    """Create a provider with its first key and models, all or nothing.
+
+    `sealed_api_key` passes a key that is already encrypted (the admin wizard keeps only ciphertext).
+    """
+    api_key = (api_key or "").strip()
+    provider = Provider(
+        tenant=tenant, owner=owner, name=(name or "").strip(), provider_type=_provider_type(provider_type),
+        base_url=base_url or "", api_version=(api_version or "").strip(),
+        capabilities=_check_capabilities(capabilities), instance_wide=instance_wide, status=status, rpm=rpm,
+        tpm=tpm, max_concurrency=max_concurrency,
+    )
+    if config:
+        if not isinstance(config, dict):
+            raise ValidationError({"config": "Must be a JSON object."})
+        provider.config = _seal(config, is_json=True)
+    _validate_provider(provider)
+    _save_unique(provider, f"A provider named '{provider.name}' already exists "
+                           f"{'in this tenant' if tenant else 'at instance level'}.")
+    audit_record(actor=actor, action="provider.create", target=provider, tenant=tenant,
+                 changes={"before": None, "after": _audit_provider(provider)})
+    if api_key or sealed_api_key:
+        provider_key_add(actor=actor, provider=provider, secret=api_key, sealed=sealed_api_key, label=key_label)
+    for spec in models or []:
+        model_create(actor=actor, provider=provider, **spec)
+    return provider
+
+
+@transaction.atomic
+def provider_update(*, actor: Actor, provider: Provider, config=..., **fields) -> Provider:
+    unknown = set(fields) - set(PROVIDER_FIELDS)
+    if unknown:
+        raise ValidationError({f: "This field cannot be changed." for f in unknown})
+    before = _audit_provider(provider)
+    if "capabilities" in fields:
+        fields["capabilities"] = _check_capabilities(fields["capabilities"])
+    for key, value in fields.items():
+        setattr(provider, key, value.strip() if isinstance(value, str) and key != "base_url" else value)
+    if config is not ...:
+        if config is not None and not isinstance(config, dict):
+            raise ValidationError({"config": "Must be a JSON object."})
+        provider.config = _seal(config, is_json=True) if config else None
+    _validate_provider(provider)
+    _save_unique(provider, f"A provider named '{provider.name}' already exists.")
+    after = _audit_provider(provider)
+    if config is not ...:
+        after["config"] = "***CHANGED***"
+    changes = {k: [before[k], after[k]] for k in after if before[k] != after[k]}
+    if changes:
+        audit_record(actor=actor, action="provider.update", target=provider, tenant=provider.tenant, changes=changes)
+    return provider
+
+
+@transaction.atomic
+def provider_delete(*, actor: Actor, provider: Provider, force: bool = False) -> None:
+    count = provider.models.count()
+    if count and not force:
+        raise Conflict(f"Provider '{provider.name}' still has {count} model(s). Delete them first, "
+                       "or delete with force=true to remove the provider and its models.")
+    view, pk, tenant = _audit_provider(provider), provider.pk, provider.tenant
+    provider.delete()
+    provider.pk = pk
+    audit_record(actor=actor, action="provider.delete", target=provider, tenant=tenant,
+                 changes={"before": view, "models_deleted": count})
+
+
+# --- Keys (rotation: add new, validate, disable old) ----------------------------------------------------
+
+@transaction.atomic
+def provider_key_add(*, actor: Actor, provider: Provider, secret: str = "", sealed: Sealed | None = None,
+                     label: str = "", is_active: bool = True) -> ProviderKey:
+    secret = (secret or "").strip()
+    if sealed is not None:
+        plaintext = sealed.reveal()
+    elif secret:
+        plaintext, sealed = secret, _seal(secret)
+    else:
+        raise ValidationError({"secret": "The key must not be empty."})
+    key = ProviderKey(provider=provider, label=(label or "").strip()[:100], secret=sealed,
+                      last4=last4_of(plaintext), is_active=is_active)
+    del plaintext
+    key.full_clean(exclude=["secret"])
+    key.save()
+    audit_record(actor=actor, action="provider_key.add", target=key, tenant=provider.tenant,
+                 changes={"provider": provider.public_id, "label": key.label, "secret": key.masked,
+                          "is_active": is_active})
+    return key
+
+
+@transaction.atomic
+def provider_key_set_active(*, actor: Actor, key: ProviderKey, is_active: bool) -> ProviderKey:
+    if key.is_active != is_active:
+        key.is_active = is_active
+        key.save(update_fields=["is_active"])
+        audit_record(actor=actor, action="provider_key.enable" if is_active else "provider_key.disable", target=key,
+                     tenant=key.provider.tenant, changes={"is_active": [not is_active, is_active]})
+    return key
+
+
+@transaction.atomic
+def provider_key_delete(*, actor: Actor, key: ProviderKey) -> None:
+    pk, provider = key.pk, key.provider
+    view = {"label": key.label, "secret": key.masked, "is_active": key.is_active}
+    key.delete()
+    key.pk = pk
+    audit_record(actor=actor, action="provider_key.delete", target=key, tenant=provider.tenant, changes=view)
+
+
+def provider_active_key(provider: Provider) -> ProviderKey | None:
+    """The key calls use: the newest active one. Disabled keys are never used."""
+    return provider.keys.filter(is_active=True).order_by("-created_at", "-id").first()
+
+
+def provider_credential(*, provider: Provider, tenant: Tenant | None) -> ResolvedCredential:
+    """The credential for calling `provider` on behalf of `tenant` (DESIGN.md resolution order).
+
+    The provider's own base URL / API version apply unless the tenant's credential sets them.
+    """
+
+    def provider_fallback():
+        key = provider_active_key(provider)
+        if key is None:
+            return None
+        return ResolvedCredential(provider_type=provider.provider_type, source="provider_key",
+                                  api_key=key.secret.reveal(), api_base=provider.base_url or None,
+                                  api_version=provider.api_version or None)
+
+    if tenant is None:  # an instance-level call (e.g. a sysadmin's connectivity test)
+        resolved = provider_fallback()
+        if resolved is None:
+            from credentials.resolution import CredentialMissing, global_env_credential
+
+            resolved = global_env_credential(provider.provider_type)
+            if resolved is None:
+                raise CredentialMissing(f"Provider '{provider.name}' has no active key and no global key is set.")
+        return _with_provider_defaults(resolved, provider)
+    resolved = credential_resolve(tenant=tenant, provider_type=provider.provider_type,
+                                  provider_fallback=provider_fallback)
+    return _with_provider_defaults(resolved, provider)
+
+
+def _with_provider_defaults(resolved: ResolvedCredential, provider: Provider) -> ResolvedCredential:
+    if resolved.source == "tenant":
+        # A tenant's credential decides its own endpoint; the provider's base URL applies only if it has none.
+        if resolved.api_base or not provider.base_url:
+            return resolved
+    from dataclasses import replace
+
+    return replace(resolved, api_base=resolved.api_base or provider.base_url or None,
+                   api_version=resolved.api_version or provider.api_version or None)
+
+
+# --- Models ---------------------------------------------------------------------------------------------
+
+def _audit_model(model: AIModel) -> dict:
+    view = {f: getattr(model, f) for f in MODEL_FIELDS}
+    for f in ("input_cost_per_million", "output_cost_per_million"):
+        if isinstance(view[f], Decimal):
+            view[f] = str(view[f])
+    view["model_config"] = "********" if model.model_config is not None else None
+    return view
+
+
+@transaction.atomic
+def model_create(*, actor: Actor, provider: Provider, model_id: str, model_config: dict | None = None,
+                 from_registry: bool = True, **fields) -> AIModel:
+    """Add a model. Unset context window, capability flags and prices are filled from LiteLLM's registry."""
+    unknown = set(fields) - set(MODEL_FIELDS)
+    if unknown:
+        raise ValidationError({f: "Unknown field." for f in unknown})
+    model_id = (model_id or "").strip()
+    if not model_id:
+        raise ValidationError({"model_id": "The model id must not be empty."})
+    model = AIModel(provider=provider, model_id=model_id)
+    known = known_model(provider.provider_type, model_id) if from_registry else None
+    if known is not None:
+        for attr in ("model_type", "context_window", "max_output_tokens", "supports_vision", "supports_tools",
+                     "supports_reasoning", "supports_json_mode", "supports_system_prompt",
+                     "input_cost_per_million", "output_cost_per_million"):
+            setattr(model, attr, getattr(known, attr))
+    for key, value in fields.items():
+        if value is not None:
+            setattr(model, key, value.strip() if isinstance(value, str) else value)
+    if model_config:
+        if not isinstance(model_config, dict):
+            raise ValidationError({"model_config": "Must be a JSON object."})
+        model.model_config = _seal(model_config, is_json=True)
+    if model.model_type not in ModelType.values:
+        raise ValidationError({"model_type": f"One of: {', '.join(ModelType.values)}."})
+    model.full_clean(exclude=["model_config", "provider"], validate_unique=False, validate_constraints=False)
+    _save_unique(model, f"Provider '{provider.name}' already has a model '{model_id}'.")
+    audit_record(actor=actor, action="model.create", target=model, tenant=provider.tenant,
+                 changes={"provider": provider.public_id, "after": _audit_model(model)})
+    return model
+
+
+@transaction.atomic
+def model_update(*, actor: Actor, model: AIModel, model_config=..., **fields) -> AIModel:
+    unknown = set(fields) - set(MODEL_FIELDS)
+    if unknown:
+        raise ValidationError({f: "Unknown field." for f in unknown})
+    before = _audit_model(model)
+    for key, value in fields.items():
+        setattr(model, key, value.strip() if isinstance(value, str) else value)
+    if model_config is not ...:
+        model.model_config = _seal(model_config, is_json=True) if model_config else None
+    model.full_clean(exclude=["model_config", "provider"], validate_unique=False, validate_constraints=False)
+    _save_unique(model, f"Provider '{model.provider.name}' already has a model '{model.model_id}'.")
+    after = _audit_model(model)
+    if model_config is not ...:
+        after["model_config"] = "***CHANGED***"
+    changes = {k: [before[k], after[k]] for k in after if before[k] != after[k]}
+    if changes:
+        audit_record(actor=actor, action="model.update", target=model, tenant=model.provider.tenant, changes=changes)
+    return model
+
+
+@transaction.atomic
+def model_delete(*, actor: Actor, model: AIModel) -> None:
+    pk, tenant, view = model.pk, model.provider.tenant, _audit_model(model)
+    model.delete()
+    model.pk = pk
+    audit_record(actor=actor, action="model.delete", target=model, tenant=tenant, changes={"before": view})
+
+
+@transaction.atomic
+def model_set_tenant_enabled(*, actor: Actor, model: AIModel, tenant: Tenant, enabled: bool) -> None:
+    if model.provider.tenant_id and model.provider.tenant_id != tenant.pk:
+        raise ValidationError("A tenant's own model cannot be enabled for another tenant.")
+    if enabled:
+        _, created = TenantModelEnablement.objects.get_or_create(model=model, tenant=tenant)
+    else:
+        created = bool(TenantModelEnablement.objects.filter(model=model, tenant=tenant).delete()[0])
+    if created:
+        audit_record(actor=actor, action="model.enable" if enabled else "model.disable", target=model,
+                     tenant=tenant, changes={"tenant": tenant.slug})
+
+
+# --- ACL grants (django-guardian) ----------------------------------------------------------------------
+
+def _grantee_tenant_check(obj_tenant_id, grantee):
+    """Grants on a tenant's object may only go to that tenant's members (or groups of them)."""
+    if obj_tenant_id is None:
+        return
+    from django.contrib.auth.models import Group
+
+    if isinstance(grantee, Group):
+        outsiders = grantee.user_set.exclude(tenant_memberships__tenant_id=obj_tenant_id)
+        if outsiders.exists():
+            raise ValidationError("Every member of the group must belong to the object's tenant.")
+    elif not TenantMembership.objects.filter(user=grantee, tenant_id=obj_tenant_id).exists():
+        raise ValidationError(f"User '{grantee}' is not a member of the object's tenant.")
+
+
+@transaction.atomic
+def acl_grant(*, actor: Actor, obj: Provider | AIModel, grantee, role: str) -> None:
+    """Give a user or group a role on a provider or model (replacing any role they had)."""
+    role = AclRole(role)
+    tenant_id = obj.tenant_id if isinstance(obj, Provider) else obj.provider.tenant_id
+    _grantee_tenant_check(tenant_id, grantee)
+    model_name = obj._meta.model_name
+    for action in ROLE_ACTIONS[AclRole.OWNER]:
+        remove_perm(f"providers.{action}_{model_name}", grantee, obj)
+    for action in ROLE_ACTIONS[role]:
+        assign_perm(f"providers.{action}_{model_name}", grantee, obj)
+    audit_record(actor=actor, action="acl.grant", target=obj,
+                 tenant=obj.tenant if isinstance(obj, Provider) else obj.provider.tenant,
+                 changes={"grantee": f"{grantee._meta.model_name}:{grantee}", "role": role.value})
+
+
+@transaction.atomic
+def acl_revoke(*, actor: Actor, obj: Provider | AIModel, grantee) -> None:
+    model_name = obj._meta.model_name
+    for action in ROLE_ACTIONS[AclRole.OWNER]:
+        remove_perm(f"providers.{action}_{model_name}", grantee, obj)
+    audit_record(actor=actor, action="acl.revoke", target=obj,
+                 tenant=obj.tenant if isinstance(obj, Provider) else obj.provider.tenant,
+                 changes={"grantee": f"{grantee._meta.model_name}:{grantee}"})
+
+
+# --- Favourites -----------------------------------------------------------------------------------------
+
+def favourite_toggle(*, user, provider_type: str) -> bool:
+    """Star or unstar a provider type for the wizard. Returns True when it is now a favourite."""
+    provider_type = _provider_type(provider_type)
+    deleted, _ = FavouriteProviderType.objects.filter(user=user, provider_type=provider_type).delete()
+    if deleted:
+        return False
+    FavouriteProviderType.objects.create(user=user, provider_type=provider_type)
+    return True
+
+
+def key_mark_used(key_id: int) -> None:
+    ProviderKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())

@@ -1,0 +1,485 @@
+"""A fake LLM upstream: a real aiohttp server on 127.0.0.1 speaking OpenAI, Azure OpenAI and Anthropic.
+
+In tests (runner.FakeUpstream: a background thread with its own event loop)::
+
+    from tests.fake_upstream import start_fake_upstream
+
+    with start_fake_upstream() as up:            # port=0: a free port
+        litellm.completion(model="openai/gpt-4o-mini", api_base=up.url + "/v1", api_key="sk-x", messages=[...])
+        assert up.keys_seen() == ["sk-x"]
+        up.set_fault("status", status=429, times=1, path_contains="/chat/completions")
+
+By hand, for benchmarks: ``python -m tests.fake_upstream --port 9100 --latency-ms 50``.
+
+Model endpoints: OpenAI ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/models`` (each also
+served without the ``/v1`` prefix); Azure ``POST /openai/deployments/{name}/chat/completions|embeddings?api-version=``;
+Anthropic ``POST /v1/messages`` (and ``GET /v1/models`` with ``x-api-key`` + ``anthropic-version``).
+A request without an API key gets a 401, like the real APIs.
+
+Control: ``POST /__control/fault`` ({mode, path_contains?, key?, times?, ...opts}), ``DELETE /__control/fault``,
+``POST /__control/reset``, ``GET /__control/requests``, ``GET|POST /__control/config`` ({models, latency_ms,
+spread_stream_latency, reply}). Fault modes: status, timeout, slow, drop_stream, malformed, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import itertools
+import json
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypedDict
+
+from aiohttp import web
+
+REPLY = "Hello from fake upstream"
+DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
+MAX_RECORDS = 1000
+FAULT_MODES = frozenset({"status", "timeout", "slow", "drop_stream", "malformed", "close"})
+CONTROL_PREFIX = "/__control/"
+
+# status -> (Anthropic error type, OpenAI error type, OpenAI error code)
+_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("invalid_request_error", "invalid_request_error", None),
+    401: ("authentication_error", "invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", "invalid_request_error", None),
+    404: ("not_found_error", "invalid_request_error", "model_not_found"),
+    413: ("request_too_large", "invalid_request_error", None),
+    429: ("rate_limit_error", "requests", "rate_limit_exceeded"),
+    500: ("api_error", "server_error", None),
+    503: ("api_error", "server_error", None),
+    529: ("overloaded_error", "server_error", None),
+}
+_ids = itertools.count(1)
+
+
+class RecordedRequest(TypedDict):
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
+    json: Any  # parsed body, None when absent or not JSON
+    key: str | None  # the API key that reached the server (see extract_key)
+
+
+@dataclass
+class Fault:
+    mode: str
+    path_contains: str | None = None
+    key: str | None = None
+    times: int | None = None  # None = forever
+    opts: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {self.mode!r}; expected one of {sorted(FAULT_MODES)}")
+        if self.mode == "status" and "status" not in self.opts:
+            raise ValueError("fault mode 'status' needs a status option")
+        if self.times is not None and self.times < 1:
+            raise ValueError("times must be at least 1 (or None for forever)")
+
+    def matches(self, path_qs: str, key: str | None, stream: bool) -> bool:
+        return (
+            (self.path_contains is None or self.path_contains in path_qs)
+            and (self.key is None or self.key == key)
+            and (self.mode != "drop_stream" or stream)
+        )
+
+
+def extract_key(headers: Mapping[str, str]) -> str | None:
+    """`Authorization: Bearer X`, `api-key: X` or `x-api-key: X` -> X (headers with lower-cased names)."""
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        return auth[7:].strip()
+    return headers.get("api-key") or headers.get("x-api-key") or None
+
+
+class UpstreamState:
+    """Records, faults and settings, shared between the server loop and test threads."""
+
+    def __init__(
+        self,
+        *,
+        models: list[str] | tuple[str, ...] = DEFAULT_MODELS,
+        latency_ms: float = 0,
+        spread_stream_latency: bool = False,
+        reply: str = REPLY,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._records: deque[RecordedRequest] = deque(maxlen=MAX_RECORDS)
+        self._faults: list[Fault] = []
+        self.models = list(models)
+        self.latency_ms = latency_ms
+        self.spread_stream_latency = spread_stream_latency
+        self.reply = reply
+
+    def record(self, rec: RecordedRequest) -> None:
+        with self._lock:
+            self._records.append(rec)
+
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._records)
+
+    def add_fault(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._records.clear()
+            self._faults.clear()
+
+    def take_fault(self, path_qs: str, key: str | None, stream: bool) -> Fault | None:
+        """The first matching fault, with one use consumed."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(path_qs, key, stream):
+                    if fault.times is not None:
+                        fault.times -= 1
+                        if fault.times <= 0:
+                            self._faults.remove(fault)
+                    return fault
+        return None
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "models": list(self.models),
+            "latency_ms": self.latency_ms,
+            "spread_stream_latency": self.spread_stream_latency,
+            "reply": self.reply,
+        }
+
+
+STATE = web.AppKey("state", UpstreamState)
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    """Text of a message content: a string, a list of parts, or a part/message dict."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return " ".join(_text(v) for v in value)
+    if isinstance(value, dict):
+        return _text(value.get("text") or value.get("content") or "")
+    return ""
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    words = len(_text(body.get("messages") or []).split()) + len(_text(body.get("system") or "").split())
+    return max(1, words)
+
+
+def _is_anthropic(request: web.Request) -> bool:
+    return request.path.endswith("/messages") or "anthropic-version" in request.headers
+
+
+def error_response(request: web.Request, status: int, message: str | None = None, **headers: str) -> web.Response:
+    """An error shaped like the protocol's: Anthropic or OpenAI (also Azure)."""
+    anthropic_type, openai_type, code = _ERRORS.get(status, ("api_error", "server_error", None))
+    message = message or f"Fake upstream error {status}"
+    if _is_anthropic(request):
+        body: dict[str, Any] = {"type": "error", "error": {"type": anthropic_type, "message": message}}
+    else:
+        body = {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _check_request(request: web.Request, body: Any, *required: str) -> web.Response | None:
+    if request["key"] is None:
+        return error_response(request, 401, "No API key provided.")
+    if not isinstance(body, dict):
+        return error_response(request, 400, "We could not parse the JSON body of your request.")
+    for name in required:
+        if name not in body:
+            return error_response(request, 400, f"{name}: Field required")
+    return None
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    prefix = f"event: {event}\n" if event else ""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"{prefix}data: {payload}\n\n".encode()
+
+
+def _pieces(text: str) -> list[str]:
+    """Split the reply into word chunks that keep their leading space ("Hello", " from", ...)."""
+    words = text.split(" ")
+    return [words[0]] + [" " + w for w in words[1:]] if text else [""]
+
+
+async def _latency(request: web.Request) -> None:
+    ms = request.app[STATE].latency_ms
+    if ms > 0:
+        await asyncio.sleep(ms / 1000)
+
+
+async def _stream(request: web.Request, events: list[bytes]) -> web.StreamResponse:
+    """Write SSE events; honours latency (up-front or spread) and the drop_stream fault."""
+    state = request.app[STATE]
+    spread = state.spread_stream_latency and state.latency_ms > 0
+    if not spread:
+        await _latency(request)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    fault: Fault | None = request["fault"]
+    for i, event in enumerate(events):
+        if spread:
+            await asyncio.sleep(state.latency_ms / 1000 / len(events))
+        if fault is not None and fault.mode == "drop_stream" and i == 2:
+            _close(request)  # flushes what was written, then FIN without the final empty chunk
+            return resp
+        await resp.write(event)
+    await resp.write_eof()
+    return resp
+
+
+def _close(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _embedding(item: Any) -> list[float]:
+    digest = hashlib.sha256(json.dumps(item).encode()).digest()
+    return [round(b / 255 - 0.5, 6) for b in digest[:8]]
+
+
+# --- middleware: recording and faults ------------------------------------------------------------------------
+
+
+@web.middleware
+async def record_and_fault(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path.startswith(CONTROL_PREFIX):
+        return await handler(request)
+    state = request.app[STATE]
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    key = extract_key(headers)
+    state.record(
+        RecordedRequest(
+            method=request.method, path=request.path, query=dict(request.query), headers=headers, json=body, key=key
+        )
+    )
+    request["body"], request["key"] = body, key
+    stream = isinstance(body, dict) and body.get("stream") is True
+    fault = request["fault"] = state.take_fault(request.path_qs, key, stream)
+    if fault is not None:
+        if fault.mode == "status":
+            status = int(fault.opts["status"])
+            extra = {"Retry-After": str(fault.opts.get("retry_after", 1))} if status == 429 else {}
+            return error_response(request, status, fault.opts.get("message"), **extra)
+        if fault.mode in ("timeout", "slow"):
+            await asyncio.sleep(float(fault.opts.get("seconds", 30)))
+        elif fault.mode == "malformed":
+            return web.Response(status=200, body=b'{"id": "broken", "choices": [{"mess', content_type="application/json")
+        elif fault.mode == "close":
+            _close(request)
+            return web.Response()  # never written: aiohttp swallows the ConnectionError
+    return await handler(request)
+
+
+# --- OpenAI / Azure ------------------------------------------------------------------------------------------
+
+
+async def chat_completions(request: web.Request, model: str | None = None) -> web.StreamResponse:
+    body = request["body"]
+    if (bad := _check_request(request, body, "messages", *(() if model else ("model",)))) is not None:
+        return bad
+    state = request.app[STATE]
+    model = body.get("model") or model
+    base = {"id": f"chatcmpl-fake{next(_ids)}", "created": int(time.time()), "model": model, "system_fingerprint": None}
+    prompt, completion = _prompt_tokens(body), len(state.reply.split())
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if not body.get("stream"):
+        await _latency(request)
+        message = {"role": "assistant", "content": state.reply, "refusal": None}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+        return web.json_response({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
+
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _sse({**base, "object": "chat.completion.chunk", "choices": [choice], **extra})
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": piece}) for piece in _pieces(state.reply)]
+    events.append(chunk({}, "stop"))
+    if include_usage:
+        events.append(_sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}))
+    events.append(_sse("[DONE]"))
+    return await _stream(request, events)
+
+
+async def embeddings(request: web.Request, model: str | None = None) -> web.StreamResponse:
+    body = request["body"]
+    if (bad := _check_request(request, body, "input", *(() if model else ("model",)))) is not None:
+        return bad
+    raw = body["input"]
+    items = [raw] if isinstance(raw, str) or (isinstance(raw, list) and all(isinstance(x, int) for x in raw)) else raw
+    data = []
+    for index, item in enumerate(items):
+        vector: Any = _embedding(item)
+        if body.get("encoding_format") == "base64":  # the openai SDK asks for base64 by default
+            vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    tokens = max(1, sum(len(x.split()) if isinstance(x, str) else len(x) for x in items))
+    await _latency(request)
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": body.get("model") or model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    if request["key"] is None:
+        return error_response(request, 401, "No API key provided.")
+    models = request.app[STATE].models
+    if "x-api-key" in request.headers and "anthropic-version" in request.headers:
+        data = [
+            {"type": "model", "id": m, "display_name": m, "created_at": "2024-06-20T00:00:00Z"} for m in models
+        ]
+        first, last = (models[0], models[-1]) if models else (None, None)
+        return web.json_response({"data": data, "has_more": False, "first_id": first, "last_id": last})
+    data = [{"id": m, "object": "model", "created": 1715367049, "owned_by": "system"} for m in models]
+    return web.json_response({"object": "list", "data": data})
+
+
+def _azure(handler: Any) -> Any:
+    async def azure_handler(request: web.Request) -> web.StreamResponse:
+        if "api-version" not in request.query:
+            return web.json_response({"error": {"code": "404", "message": "Resource not found"}}, status=404)
+        return await handler(request, model=request.match_info["deployment"])
+
+    return azure_handler
+
+
+# --- Anthropic -----------------------------------------------------------------------------------------------
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    body = request["body"]
+    if "anthropic-version" not in request.headers:
+        return error_response(request, 400, "anthropic-version: header is required")
+    if (bad := _check_request(request, body, "model", "messages", "max_tokens")) is not None:
+        return bad
+    state = request.app[STATE]
+    usage = {"input_tokens": _prompt_tokens(body), "output_tokens": len(state.reply.split())}
+    message: dict[str, Any] = {
+        "id": f"msg_fake{next(_ids):020d}",
+        "type": "message",
+        "role": "assistant",
+        "model": body["model"],
+        "content": [{"type": "text", "text": state.reply}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    if not body.get("stream"):
+        await _latency(request)
+        return web.json_response(message)
+
+    start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    events = [
+        _sse({"type": "message_start", "message": start}, "message_start"),
+        _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+        _sse({"type": "ping"}, "ping"),
+    ]
+    for piece in _pieces(state.reply):
+        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
+        events.append(_sse(delta, "content_block_delta"))
+    events += [
+        _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        _sse(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+            "message_delta",
+        ),
+        _sse({"type": "message_stop"}, "message_stop"),
+    ]
+    return await _stream(request, events)
+
+
+# --- control -------------------------------------------------------------------------------------------------
+
+
+async def control_fault(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if request.method == "DELETE":
+        state.clear_faults()
+        return web.json_response({"ok": True})
+    try:
+        opts = dict(await request.json())
+        fault = Fault(
+            mode=opts.pop("mode", ""),
+            path_contains=opts.pop("path_contains", None),
+            key=opts.pop("key", None),
+            times=opts.pop("times", None),
+            opts=opts,
+        )
+    except (ValueError, TypeError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    state.add_fault(fault)
+    return web.json_response({"ok": True, "fault": asdict(fault)})
+
+
+async def control_reset(request: web.Request) -> web.StreamResponse:
+    request.app[STATE].reset()
+    return web.json_response({"ok": True})
+
+
+async def control_requests(request: web.Request) -> web.StreamResponse:
+    records = request.app[STATE].requests()
+    return web.json_response({"requests": records, "keys_seen": [r["key"] for r in records if r["key"]]})
+
+
+async def control_config(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if request.method == "POST":
+        update = await request.json()
+        for name in ("models", "latency_ms", "spread_stream_latency", "reply"):
+            if name in update:
+                setattr(state, name, update[name])
+    return web.json_response(state.config())
+
+
+def build_app(state: UpstreamState | None = None) -> web.Application:
+    app = web.Application(middlewares=[record_and_fault], client_max_size=64 * 1024**2)
+    app[STATE] = state or UpstreamState()
+    for prefix in ("/v1", ""):
+        app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_post(f"{prefix}/embeddings", embeddings)
+        app.router.add_get(f"{prefix}/models", list_models)
+        app.router.add_post(f"{prefix}/messages", messages)
+    app.router.add_post("/openai/deployments/{deployment}/chat/completions", _azure(chat_completions))
+    app.router.add_post("/openai/deployments/{deployment}/embeddings", _azure(embeddings))
+    app.router.add_route("*", CONTROL_PREFIX + "fault", control_fault)
+    app.router.add_post(CONTROL_PREFIX + "reset", control_reset)
+    app.router.add_get(CONTROL_PREFIX + "requests", control_requests)
+    app.router.add_route("*", CONTROL_PREFIX + "config", control_config)
+    return app
