@@ -64,6 +64,9 @@ def api_key_check(presented: str | None) -> TenantApiKey | None:
         return None
     if not key.is_active or not key.tenant.is_active:
         return None
-    if key.expires_at is not None and key.expires_at <= timezone.now():
+    now = timezone.now()
+    if key.expires_at is not None and key.expires_at <= now:
         return None
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:  # at most one write a minute
+        TenantApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key

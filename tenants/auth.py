@@ -22,3 +22,30 @@ class SuperApiKeyAuth(APIKeyHeader):
 
 
 super_api_key = SuperApiKeyAuth()
+
+
+# --- Tenant API keys (REST and /v1) -------------------------------------------------------------------
+from ninja.security import HttpBearer  # noqa: E402
+
+from .api_keys import api_key_check  # noqa: E402
+
+
+class TenantKeyBearer(HttpBearer):
+    """`Authorization: Bearer eneo_...` -> the TenantApiKey (request.auth), or 401."""
+
+    def authenticate(self, request, token):
+        return api_key_check(token)
+
+
+class TenantKeyHeader(APIKeyHeader):
+    """`X-API-Key: eneo_...` -> the TenantApiKey, or the sysadmin Actor for the super key."""
+
+    param_name = "X-API-Key"
+
+    def authenticate(self, request, key):
+        if key and key.startswith("eneo_"):
+            return api_key_check(key)
+        return SuperApiKeyAuth.authenticate(self, request, key)
+
+
+tenant_key_auth = [TenantKeyBearer(), TenantKeyHeader()]
