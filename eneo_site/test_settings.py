@@ -16,10 +16,6 @@ from .settings import *  # noqa: E402,F401,F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-}
 LOG_LEVEL = "DEBUG"
 LOGGING["root"]["level"] = "DEBUG"  # noqa: F405  (canary tests read DEBUG logs)
 LOGGING["loggers"]["asyncio"] = {"level": "WARNING"}  # noqa: F405

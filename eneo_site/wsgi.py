@@ -1,6 +1,7 @@
 import os
 
+from django.contrib.staticfiles.handlers import StaticFilesHandler
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eneo_site.settings")
-application = get_wsgi_application()
+application = StaticFilesHandler(get_wsgi_application())
