@@ -2,6 +2,9 @@ from django.contrib.admin.views.decorators import staff_member_required
 from ninja import NinjaAPI
 
 from credentials.api import router as credentials_router
+from providers.api import router as ai_providers_router
+from providers.api import types_router as provider_types_router
+from tenants.api import router as tenant_api_keys_router
 
 from . import exceptions
 
@@ -10,10 +13,15 @@ api = NinjaAPI(
     version="1.0.0",
     description=(
         "Manage tenants' provider credentials, providers and models. Sysadmin routes take the super API key "
-        "in the X-API-Key header. Secrets are write-only: responses show at most '...' + the last 4 characters."
+        "in the X-API-Key header; /ai-providers and /provider-types take a tenant API key "
+        "(Authorization: Bearer eneo_... or X-API-Key: eneo_...) or the super key. "
+        "Secrets are write-only: responses show at most '...' + the last 4 characters."
     ),
     docs_decorator=staff_member_required,
     urls_namespace="api-v1",
 )
 exceptions.install(api)
 api.add_router("/sysadmin", credentials_router)
+api.add_router("/sysadmin", tenant_api_keys_router)
+api.add_router("/ai-providers", ai_providers_router)
+api.add_router("/provider-types", provider_types_router)

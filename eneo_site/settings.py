@@ -125,8 +125,18 @@ ASGI_APPLICATION = "eneo_site.asgi.application"
 
 VAR_DIR.mkdir(exist_ok=True)
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Under ASGI each request's sync work runs in its own thread, so persistent per-thread connections would
+# leak: PostgreSQL uses psycopg's connection pool instead (DB_POOL_MAX_SIZE connections per process).
+if "postgresql" in DATABASES["default"]["ENGINE"] and env.bool("DB_POOL", default=True):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
+        "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
@@ -165,7 +175,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=2 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=10 * 1024 * 1024)
 # The health endpoint of a load balancer must not be redirected to https.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
@@ -213,6 +223,13 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        "LiteLLM": {"level": env.str("LITELLM_LOG_LEVEL", default="WARNING").upper()},
+        "LiteLLM Router": {"level": "WARNING"},
+        "LiteLLM Proxy": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "httpcore2": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
     },
 }
 
@@ -220,3 +237,11 @@ LOGGING = {
 PROVIDER_TEST_TIMEOUT = env.float("PROVIDER_TEST_TIMEOUT", default=15.0)  # seconds, connectivity tests
 PROBE_MAX_TOKENS_REASONING = env.int("PROBE_MAX_TOKENS_REASONING", default=16)  # 1 token fails reasoning models
 API_KEY_PEPPER = env.str("API_KEY_PEPPER", default="")  # HMAC key for tenant API keys (default: SECRET_KEY)
+
+# --- Gateway (/v1) -----------------------------------------------------------------------------------
+GATEWAY_TIMEOUT = env.float("GATEWAY_TIMEOUT", default=120.0)  # seconds for one upstream call
+DEFAULT_PROVIDER_TYPE = env.str("DEFAULT_PROVIDER_TYPE", default="openai")  # for model names without a prefix
+CATALOG_REFRESH_SECONDS = env.float("CATALOG_REFRESH_SECONDS", default=1.0)  # how often workers look for changes
+CATALOG_MAX_AGE_SECONDS = env.float("CATALOG_MAX_AGE_SECONDS", default=30.0)  # full reload (health updates)
+USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.5)  # usage records are batched this long
+RATE_LIMIT_REDIS_URL = env.str("RATE_LIMIT_REDIS_URL", default="")  # shared rpm/concurrency limits; empty = per process

@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import path
 
+from providers.openai_api import openai_api
+
 from .api import api
 
 
@@ -16,5 +18,6 @@ admin.site.index_title = "Providers, models, tenants and credentials"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    path("v1/", openai_api.urls),
     path("healthz", healthz),
 ]

@@ -67,12 +67,12 @@ def _probe(provider: Provider, model: AIModel | None, model_id: str, model_type:
     timeout = settings.PROVIDER_TEST_TIMEOUT
     with secret_scope(cred.api_key):
         if model_type == ModelType.EMBEDDING:
-            litellm.embedding(model=name, input=["test"], timeout=timeout, num_retries=0, **_call_kwargs(cred))
+            litellm.embedding(model=name, input=["test"], timeout=timeout, num_retries=0, max_retries=0, **_call_kwargs(cred))
         else:
             extra = model.model_config.reveal() if model is not None and model.model_config is not None else {}
             max_tokens = settings.PROBE_MAX_TOKENS_REASONING if (model and model.supports_reasoning) else 1
             litellm.completion(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens,
-                               timeout=timeout, num_retries=0, drop_params=True, **{**extra, **_call_kwargs(cred)})
+                               timeout=timeout, num_retries=0, max_retries=0, drop_params=True, **{**extra, **_call_kwargs(cred)})
 
 
 def _test_candidates(provider: Provider) -> list[tuple[AIModel | None, str, str]]:

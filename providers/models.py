@@ -208,3 +208,36 @@ class ProviderCheck(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()} of {self.provider}: {self.message or self.state}"
+
+
+class UsageRecord(models.Model):
+    """One gateway call: who, which model, tokens, cost, latency, outcome. Never a key or a prompt."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey("tenants.TenantApiKey", null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="+")
+    provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model = models.ForeignKey(AIModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    requested_model = models.CharField(max_length=200, help_text="What the caller asked for (alias, id, ...).")
+    endpoint = models.CharField(max_length=30, help_text="chat.completions or embeddings.")
+    tokens_in = models.PositiveIntegerField(default=0)
+    tokens_out = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=14, decimal_places=8, default=0)
+    latency_ms = models.PositiveIntegerField(default=0)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Time to first token (streamed calls).")
+    status = models.CharField(max_length=10, help_text="ok or error.")
+    http_status = models.PositiveSmallIntegerField(default=200)
+    error_type = models.CharField(max_length=60, blank=True)
+    streamed = models.BooleanField(default=False)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"]),
+            models.Index(fields=["model", "-created_at"]),
+            models.Index(fields=["api_key", "-created_at"]),
+        ]
+
+    def __str__(self):
+        return f"{self.requested_model} for {self.tenant_id} at {self.created_at:%Y-%m-%d %H:%M:%S}"

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from guardian.shortcuts import get_objects_for_user
 
 from tenants.models import Tenant, TenantMembership
 
 from .choices import ModelStatus, ProviderStatus
-from .models import AIModel, Provider, TenantModelEnablement
+from .models import AIModel, Provider, ProviderKey, TenantModelEnablement
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,124 @@ def model_can(principal: Principal, model: AIModel, action: str) -> bool:
     return False
 
 
-def alias_list() -> list[tuple[str, int]]:
+def alias_list(*, principal: Principal | None = None) -> list[tuple[str, int]]:
+    """(alias, number of models) for every alias in use; with `principal`, only over the models it can see."""
     from django.db.models import Count
 
-    return list(
-        AIModel.objects.exclude(alias="").values_list("alias").annotate(n=Count("id")).order_by("alias")
+    qs = AIModel.objects.all() if principal is None else AIModel.objects.filter(model_visible_q(principal))
+    return list(qs.exclude(alias="").values_list("alias").annotate(n=Count("id")).order_by("alias"))
+
+
+def provider_tenant_choices(*, principal: Principal) -> QuerySet[Tenant]:
+    """Tenants in which the principal may create providers: all for sysadmins, else those it administers."""
+    if principal.is_sysadmin:
+        return Tenant.objects.order_by("name")
+    if principal.user is None:
+        return Tenant.objects.filter(pk=principal.tenant.pk)
+    return Tenant.objects.filter(pk__in=_member_tenants(principal.user, admin_only=True)).order_by("name")
+
+
+def favourite_provider_types(*, user) -> set[str]:
+    from .models import FavouriteProviderType
+
+    return set(FavouriteProviderType.objects.filter(user=user).values_list("provider_type", flat=True))
+
+
+def provider_check_list(*, provider: Provider, limit: int = 10):
+    """The provider's latest connectivity tests, validations and health checks (callers check visibility)."""
+    return provider.checks.select_related("model").order_by("-created_at", "-id")[:limit]
+
+
+def grantee_choices(*, principal: Principal):
+    """(users, groups) the principal may pick as ACL grantees: everyone for sysadmins, else the active users
+    sharing a tenant with it and the groups it belongs to. acl_grant still checks tenant membership."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    users = get_user_model().objects.filter(is_active=True).order_by("username")
+    groups = Group.objects.order_by("name")
+    if principal.is_sysadmin:
+        return users, groups
+    user = principal.user
+    shared = TenantMembership.objects.filter(tenant__in=_member_tenants(user)).values("user_id")
+    return users.filter(pk__in=shared), groups.filter(user=user)
+
+
+@dataclass(frozen=True)
+class Grant:
+    grantee: object  # a User or a Group
+    kind: str  # "user" | "group"
+    role: str  # an AclRole value, or "custom" for a set of permissions no role matches
+    actions: tuple[str, ...]
+
+
+def acl_list(*, obj: Provider | AIModel) -> list[Grant]:
+    """The users and groups holding ACL grants on a provider or model, with their role."""
+    from guardian.shortcuts import get_groups_with_perms, get_users_with_perms
+
+    from .services import ROLE_ACTIONS  # the role -> permissions table acl_grant applies
+
+    role_by_actions = {frozenset(actions): role for role, actions in ROLE_ACTIONS.items()}
+    grants = []
+    for kind, found in (("user", get_users_with_perms(obj, attach_perms=True, with_group_users=False)),
+                        ("group", get_groups_with_perms(obj, attach_perms=True))):
+        for grantee, codenames in found.items():
+            actions = frozenset(c.split("_", 1)[0] for c in codenames)
+            role = role_by_actions.get(actions)
+            grants.append(Grant(grantee, kind, role.value if role else "custom",
+                                tuple(a for a in ACTIONS if a in actions)))
+    return sorted(grants, key=lambda g: (g.kind, str(g.grantee)))
+
+
+# --- REST API reads (ai-providers) ----------------------------------------------------------------------
+
+def _count_per_provider(queryset) -> Coalesce:
+    """A correlated COUNT(*) of `queryset`'s rows for the outer provider (0 when none)."""
+    counted = queryset.filter(provider=OuterRef("pk")).order_by().values("provider").annotate(n=Count("pk"))
+    return Coalesce(Subquery(counted.values("n")[:1]), 0)
+
+
+def provider_search(*, principal: Principal, provider_type: str | None = None, status: str | None = None,
+                    health_status: str | None = None, q: str | None = None) -> QuerySet[Provider]:
+    """Visible providers, filtered, each annotated with models_count, keys_count and active_key_last4.
+
+    One query however many rows: the counts and the newest active key's last4 are subqueries.
+    active_key_last4 is NULL when the provider has no active key ('' when that key is 4 characters or fewer).
+    """
+    qs = provider_list(principal=principal)
+    if provider_type:
+        qs = qs.filter(provider_type=provider_type)
+    if status:
+        qs = qs.filter(status=status)
+    if health_status:
+        qs = qs.filter(health_status=health_status)
+    if q:
+        qs = qs.filter(name__icontains=q)
+    active_key = ProviderKey.objects.filter(provider=OuterRef("pk"), is_active=True).order_by("-created_at", "-id")
+    return qs.annotate(
+        models_count=_count_per_provider(AIModel.objects.all()),
+        keys_count=_count_per_provider(ProviderKey.objects.all()),
+        active_key_last4=Subquery(active_key.values("last4")[:1]),
     )
+
+
+def model_get(*, principal: Principal, provider: Provider, pk: int, action: str = "view") -> AIModel:
+    """One of `provider`'s models, if visible (else NotFound) and if `action` is allowed (else Forbidden)."""
+    model = model_list(principal=principal, provider=provider).filter(pk=pk).first()
+    if model is None:
+        raise NotFound(f"Model {pk} of provider {provider.public_id} not found.")
+    if action != "view" and not model_can(principal, model, action):
+        raise Forbidden(f"You may view model '{model}' but not {action} it.")
+    return model
+
+
+def provider_key_list(*, provider: Provider) -> QuerySet[ProviderKey]:
+    """A provider's keys, active and newest first (callers check the provider's visibility first)."""
+    return provider.keys.all()
+
+
+def provider_key_get(*, provider: Provider, key_id: int) -> ProviderKey:
+    key = provider.keys.filter(pk=key_id).first()
+    if key is None:
+        raise NotFound(f"Key {key_id} of provider {provider.public_id} not found.")
+    return key

@@ -86,6 +86,14 @@ def _validate_provider(provider: Provider):
     provider.full_clean(exclude=["config"], validate_unique=False, validate_constraints=False)
 
 
+def provider_validate(provider: Provider) -> None:
+    """Raise the ValidationError provider_create/provider_update would raise for these values.
+
+    For forms' clean(), so that bad input is reported on the form instead of after it was accepted.
+    """
+    _validate_provider(provider)
+
+
 def _save_unique(obj, message: str):
     try:
         with transaction.atomic():
@@ -207,6 +215,21 @@ def provider_key_set_active(*, actor: Actor, key: ProviderKey, is_active: bool) 
 
 
 @transaction.atomic
+def provider_key_update(*, actor: Actor, key: ProviderKey, label: str | None = None,
+                        is_active: bool | None = None) -> ProviderKey:
+    """Relabel a key and/or enable or disable it (None = leave as is). Rotation: add a new key, disable the old."""
+    if label is not None and label.strip() != key.label:
+        before, key.label = key.label, label.strip()
+        key.full_clean(exclude=["secret"])
+        key.save(update_fields=["label"])
+        audit_record(actor=actor, action="provider_key.relabel", target=key, tenant=key.provider.tenant,
+                     changes={"label": [before, key.label]})
+    if is_active is not None:
+        provider_key_set_active(actor=actor, key=key, is_active=is_active)
+    return key
+
+
+@transaction.atomic
 def provider_key_delete(*, actor: Actor, key: ProviderKey) -> None:
     pk, provider = key.pk, key.provider
     view = {"label": key.label, "secret": key.masked, "is_active": key.is_active}
@@ -220,14 +243,17 @@ def provider_active_key(provider: Provider) -> ProviderKey | None:
     return provider.keys.filter(is_active=True).order_by("-created_at", "-id").first()
 
 
-def provider_credential(*, provider: Provider, tenant: Tenant | None) -> ResolvedCredential:
+def provider_credential(*, provider: Provider, tenant: Tenant | None, active_key=..., tenant_credential=...
+                        ) -> ResolvedCredential:
     """The credential for calling `provider` on behalf of `tenant` (DESIGN.md resolution order).
 
     The provider's own base URL / API version apply unless the tenant's credential sets them.
+    `active_key` / `tenant_credential` may be passed from the gateway's catalog (rows, ciphertext) to save
+    queries; by default they are looked up.
     """
 
     def provider_fallback():
-        key = provider_active_key(provider)
+        key = provider_active_key(provider) if active_key is ... else active_key
         if key is None:
             return None
         return ResolvedCredential(provider_type=provider.provider_type, source="provider_key",
@@ -244,7 +270,7 @@ def provider_credential(*, provider: Provider, tenant: Tenant | None) -> Resolve
                 raise CredentialMissing(f"Provider '{provider.name}' has no active key and no global key is set.")
         return _with_provider_defaults(resolved, provider)
     resolved = credential_resolve(tenant=tenant, provider_type=provider.provider_type,
-                                  provider_fallback=provider_fallback)
+                                  provider_fallback=provider_fallback, tenant_credential=tenant_credential)
     return _with_provider_defaults(resolved, provider)
 
 

@@ -1,6 +1,7 @@
 import uuid
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 
@@ -12,6 +13,11 @@ class Tenant(models.Model):
     )
     is_active = models.BooleanField(
         default=True, help_text="Inactive tenants cannot call models; their data and credentials are kept."
+    )
+    monthly_budget = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True,
+        help_text="Spending cap per calendar month (UTC) in the models' price currency; calls are rejected once "
+                  "it is reached. Empty = no cap.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -54,7 +60,7 @@ class AuditEvent(models.Model):
     target_type = models.CharField(max_length=100)
     target_id = models.CharField(max_length=100, blank=True)
     target_repr = models.CharField(max_length=300, blank=True)
-    changes = models.JSONField(default=dict, blank=True)
+    changes = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
     source = models.CharField(max_length=20, blank=True, help_text="admin, api, command or task.")
     ip = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

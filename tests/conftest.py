@@ -96,3 +96,107 @@ def dump_tables_text() -> str:
             cur.execute(f'SELECT * FROM "{table}"')
             out.extend(repr(row) for row in cur.fetchall())
     return "\n".join(out)
+
+
+# --- Live servers: the fake upstream and our ASGI app under uvicorn -------------------------------------
+
+@pytest.fixture(scope="session")
+def fake_upstream_server():
+    from tests.fake_upstream import start_fake_upstream
+
+    up = start_fake_upstream()
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def upstream(fake_upstream_server):
+    fake_upstream_server.reset()
+    yield fake_upstream_server
+    fake_upstream_server.reset()
+
+
+class LiveGateway:
+    def __init__(self):
+        import asyncio
+        import threading
+
+        import uvicorn
+
+        from eneo_site.asgi import application
+
+        self.config = uvicorn.Config(application, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+                                     access_log=False)
+        self.server = uvicorn.Server(self.config)
+        self.loop = None
+        started = threading.Event()
+
+        def run():
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self._serve(started))
+
+        self.thread = threading.Thread(target=run, name="live-gateway", daemon=True)
+        self.thread.start()
+        assert started.wait(20), "gateway did not start"
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self, started):
+        import asyncio
+
+        config = self.config
+        if not config.loaded:
+            config.load()
+        self.server.lifespan = config.lifespan_class(config)
+        await self.server.startup()
+        started.set()
+        while not self.server.should_exit:
+            await asyncio.sleep(0.05)
+        await self.server.shutdown()
+
+    def run_async(self, coro_factory, timeout=10):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro_factory(), self.loop).result(timeout)
+
+    def flush_usage(self):
+        from providers.usage import writer
+
+        self.run_async(writer.flush)
+
+    def stop(self):
+        from asgiref.sync import sync_to_async
+        from django.db import connections
+
+        try:
+            self.run_async(lambda: sync_to_async(connections.close_all, thread_sensitive=True)())
+        except Exception:  # noqa: BLE001
+            pass
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def live_gateway(django_db_setup, django_db_blocker):
+    server = LiveGateway()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway(live_gateway, transactional_db, settings):
+    """Our gateway over real HTTP, seeing this test's committed data at once."""
+    from providers.catalog import catalog
+
+    settings.CATALOG_REFRESH_SECONDS = 0
+    catalog.invalidate()
+    yield live_gateway
+    live_gateway.flush_usage()
+    catalog.invalidate()
+
+
+def openai_client(gateway, api_key, **kwargs):
+    import openai
+
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key, max_retries=0, timeout=15, **kwargs)

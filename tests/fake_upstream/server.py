@@ -11,6 +11,10 @@ In tests (runner.FakeUpstream: a background thread with its own event loop)::
 
 By hand, for benchmarks: ``python -m tests.fake_upstream --port 9100 --latency-ms 50``.
 
+LiteLLM api_base per provider: ``openai/`` -> ``up.url + "/v1"`` (used as-is, ``/chat/completions`` appended);
+``azure/`` -> ``up.url`` (``/openai/deployments/{model}/...?api-version=`` appended); ``anthropic/`` -> ``up.url``
+(``/v1/messages`` appended, so a base ending in ``/v1`` gives ``/v1/v1/messages``, a 404).
+
 Model endpoints: OpenAI ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/models`` (each also
 served without the ``/v1`` prefix); Azure ``POST /openai/deployments/{name}/chat/completions|embeddings?api-version=``;
 Anthropic ``POST /v1/messages`` (and ``GET /v1/models`` with ``x-api-key`` + ``anthropic-version``).
@@ -288,7 +292,7 @@ async def record_and_fault(request: web.Request, handler: Any) -> web.StreamResp
         if fault.mode in ("timeout", "slow"):
             await asyncio.sleep(float(fault.opts.get("seconds", 30)))
         elif fault.mode == "malformed":
-            return web.Response(status=200, body=b'{"id": "broken", "choices": [{"mess', content_type="application/json")
+            return web.Response(body=b'{"id": "broken", "choices": [{"mess', content_type="application/json")
         elif fault.mode == "close":
             _close(request)
             return web.Response()  # never written: aiohttp swallows the ConnectionError
@@ -401,10 +405,11 @@ async def messages(request: web.Request) -> web.StreamResponse:
         await _latency(request)
         return web.json_response(message)
 
+    block = {"type": "text", "text": ""}
     start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
     events = [
         _sse({"type": "message_start", "message": start}, "message_start"),
-        _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+        _sse({"type": "content_block_start", "index": 0, "content_block": block}, "content_block_start"),
         _sse({"type": "ping"}, "ping"),
     ]
     for piece in _pieces(state.reply):
@@ -461,7 +466,10 @@ async def control_requests(request: web.Request) -> web.StreamResponse:
 async def control_config(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if request.method == "POST":
-        update = await request.json()
+        try:
+            update = dict(await request.json())
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
         for name in ("models", "latency_ms", "spread_stream_latency", "reply"):
             if name in update:
                 setattr(state, name, update[name])
@@ -478,8 +486,10 @@ def build_app(state: UpstreamState | None = None) -> web.Application:
         app.router.add_post(f"{prefix}/messages", messages)
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", _azure(chat_completions))
     app.router.add_post("/openai/deployments/{deployment}/embeddings", _azure(embeddings))
-    app.router.add_route("*", CONTROL_PREFIX + "fault", control_fault)
+    app.router.add_post(CONTROL_PREFIX + "fault", control_fault)
+    app.router.add_delete(CONTROL_PREFIX + "fault", control_fault)
     app.router.add_post(CONTROL_PREFIX + "reset", control_reset)
     app.router.add_get(CONTROL_PREFIX + "requests", control_requests)
-    app.router.add_route("*", CONTROL_PREFIX + "config", control_config)
+    app.router.add_get(CONTROL_PREFIX + "config", control_config)
+    app.router.add_post(CONTROL_PREFIX + "config", control_config)
     return app

@@ -1,0 +1,376 @@
+"""The completion service: every model call of the gateway runs through here.
+
+request -> tenant (from the API key) -> requested model (alias, model id, or <prefix>/<model id>) -> usable
+candidate models (healthy first) -> budget, rate limit -> credential (credential resolution; tenant keys
+never fall back to anyone else's) -> litellm.acompletion / aembedding -> usage record.
+
+On a provider failure that is not the caller's fault (429, 5xx, timeout, connection, rejected credential,
+missing credential), the next model of the same alias is tried. Errors carry OpenAI's JSON shape and never
+a key: upstream texts are masked and reduced to their first line.
+
+Keys: LiteLLM caches one SDK client per (api_key, api_base, ...) in memory for an hour. To keep our
+promise that plaintext keys are not kept in memory, the SDK client is created with a placeholder key and
+the real key travels only in this call's headers; the side effect is one shared connection pool per
+upstream for all tenants.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.utils import timezone
+
+from credentials.crypto import DecryptionError
+from credentials.masking import mask_text, secret_scope
+from credentials.resolution import CredentialError, CredentialMissing, CredentialUndecryptable
+from tenants.models import Tenant, TenantApiKey
+
+from .catalog import Snapshot, catalog, split_prefix
+from .choices import ModelType
+from .limits import limiter
+from .models import AIModel, UsageRecord
+from .provider_types import get_spec
+from .services import provider_credential
+from .usage import cost_of, writer
+
+log = logging.getLogger("eneo.gateway")
+
+PLACEHOLDER_KEY = "sk-eneo-gateway-placeholder"
+# Types whose LiteLLM path lets a per-call Authorization header replace the client's key (checked against the
+# fake upstream with LiteLLM 1.108.6). The others take the key as api_key; their handlers cache no SDK client.
+KEY_IN_HEADERS = frozenset({
+    "openai", "custom_openai", "scaleway", "lm_studio", "deepinfra", "nebius", "perplexity", "cerebras",
+    "sambanova", "nvidia_nim", "litellm_proxy", "llamafile", "github", "codestral", "volcengine", "dashscope",
+    "moonshot", "novita", "featherless_ai", "nscale", "hyperbolic", "lambda_ai", "galadriel", "friendliai",
+    "xinference", "docker_model_runner",
+})
+
+
+class GatewayError(Exception):
+    def __init__(self, status: int, message: str, *, type_: str, code: str | None = None, param: str | None = None,
+                 retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.retry_after = retry_after
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Caller:
+    tenant: Tenant
+    api_key: TenantApiKey
+    snapshot: Snapshot
+
+
+def _available(models: list[AIModel], limit: int = 20) -> str:
+    names = sorted({m.alias or m.model_id for m in models})
+    if not names:
+        return "No models are enabled for your tenant."
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return "Available: " + ", ".join(names[:limit]) + more + ". GET /v1/models lists them."
+
+
+async def resolve_models(caller: Caller, requested: str, *, model_type: str) -> list[AIModel]:
+    if not isinstance(requested, str) or not requested.strip():
+        raise GatewayError(400, "'model' is required.", type_="invalid_request_error", param="model")
+    tm = await catalog.tenant_models(caller.snapshot, caller.tenant)
+    name = requested.strip()
+    candidates = tm.by_name.get(name)
+    if not candidates:
+        prefix, rest = split_prefix(name)
+        if prefix is None:  # no prefix = the default provider
+            default = f"{get_spec(settings.DEFAULT_PROVIDER_TYPE).litellm_prefix}/{name}"
+            candidates = tm.by_name.get(default)
+    if candidates:
+        wanted = [m for m in candidates if m.model_type == model_type]
+        if wanted:
+            return wanted
+        raise GatewayError(400, f"Model '{name[:100]}' is a {candidates[0].model_type} model and cannot serve "
+                                f"this endpoint.", type_="invalid_request_error", param="model",
+                           code="model_type_mismatch")
+    owners = caller.snapshot.known_names.get(name, set())
+    if None in owners or caller.tenant.pk in owners:
+        raise GatewayError(403, f"Model '{name[:100]}' is not enabled for your tenant (or is inactive). "
+                                f"{_available(tm.models)}", type_="permission_error", param="model",
+                           code="model_not_allowed")
+    raise GatewayError(404, f"Model not available: '{name[:100]}'. {_available(tm.models)}",
+                       type_="invalid_request_error", param="model", code="model_not_found")
+
+
+def _credential(caller: Caller, model: AIModel):
+    provider = model.provider
+    return provider_credential(
+        provider=provider, tenant=caller.tenant,
+        active_key=caller.snapshot.provider_keys.get(provider.pk),
+        tenant_credential=caller.snapshot.credentials.get((caller.tenant.pk, provider.provider_type)),
+    )
+
+
+def _call_params(model: AIModel, cred) -> dict:
+    """LiteLLM arguments for this model: name, base, version, and the key in per-call headers only."""
+    provider = model.provider
+    spec = get_spec(provider.provider_type)
+    ptype = provider.provider_type
+    params = {"model": f"{spec.litellm_prefix}/{model.model_id}", "timeout": settings.GATEWAY_TIMEOUT,
+              "num_retries": 0, "max_retries": 0, "drop_params": True}
+    if cred.api_base:
+        params["api_base"] = cred.api_base
+    if cred.api_version:
+        params["api_version"] = cred.api_version
+    key = cred.api_key
+    if ptype == "azure":
+        params["api_key"] = PLACEHOLDER_KEY
+        params["extra_headers"] = {"api-key": key or ""}
+    elif spec.litellm_prefix in KEY_IN_HEADERS:
+        params["api_key"] = PLACEHOLDER_KEY
+        params["extra_headers"] = {"Authorization": f"Bearer {key}"} if key else {}
+    else:
+        params["api_key"] = key  # LiteLLM's own HTTP handlers: headers are built per call, no client is cached
+    if model.model_config is not None:
+        extra = model.model_config.reveal()
+        if isinstance(extra, dict):
+            for k, v in extra.items():
+                params.setdefault(k, v)
+    return params
+
+
+class _Failover(Exception):
+    def __init__(self, error: GatewayError):
+        self.error = error
+
+
+def _map_upstream(exc: Exception, model: AIModel) -> tuple[GatewayError, bool]:
+    """(error for the caller, may another model be tried)."""
+    import litellm
+
+    label = model.alias or model.model_id
+    first_line = mask_text((str(exc).splitlines() or [type(exc).__name__])[0])[:300]
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return GatewayError(400, f"The request is too long for model '{label}': {first_line}",
+                            type_="invalid_request_error", code="context_length_exceeded"), False
+    if isinstance(exc, litellm.ContentPolicyViolationError):
+        return GatewayError(400, f"The provider refused the content: {first_line}", type_="invalid_request_error",
+                            code="content_policy_violation"), False
+    if isinstance(exc, litellm.RateLimitError):
+        retry = None
+        response = getattr(exc, "response", None)
+        headers = getattr(exc, "litellm_response_headers", None) or (response.headers if response is not None else {})
+        try:
+            retry = int(float(headers.get("retry-after")))
+        except (TypeError, ValueError, AttributeError):
+            retry = None
+        return GatewayError(429, f"The provider of '{label}' is rate limiting requests. Retry later.",
+                            type_="rate_limit_error", code="upstream_rate_limited", retry_after=retry or 1), True
+    if isinstance(exc, litellm.Timeout):
+        return GatewayError(504, f"The provider of '{label}' did not answer in time.", type_="api_error",
+                            code="upstream_timeout"), True
+    if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
+        return GatewayError(502, f"The provider of '{label}' rejected the configured credential. An operator "
+                                 f"must check the API key.", type_="api_error", code="upstream_auth_failed"), True
+    if isinstance(exc, litellm.NotFoundError):
+        return GatewayError(502, f"The provider does not know model '{model.model_id}'.", type_="api_error",
+                            code="upstream_model_not_found"), True
+    if isinstance(exc, litellm.BadRequestError):
+        return GatewayError(400, f"The provider rejected the request: {first_line}", type_="invalid_request_error",
+                            code="upstream_bad_request"), False
+    if isinstance(exc, litellm.APIConnectionError):
+        return GatewayError(502, f"Could not reach the provider of '{label}'.", type_="api_error",
+                            code="upstream_unreachable"), True
+    return GatewayError(502, f"The provider of '{label}' failed: {first_line}", type_="api_error",
+                        code="upstream_error"), True
+
+
+def _credential_error(exc: Exception) -> GatewayError:
+    if isinstance(exc, (CredentialUndecryptable, DecryptionError)):
+        return GatewayError(503, str(exc), type_="api_error", code="credential_undecryptable")
+    code = "credential_missing" if isinstance(exc, CredentialMissing) else "credential_invalid"
+    return GatewayError(403, str(exc), type_="permission_error", code=code)
+
+
+async def _check_budget(caller: Caller):
+    budget = caller.tenant.monthly_budget
+    if budget is None:
+        return
+    spent = await writer.month_spend(caller.tenant)
+    if spent >= budget:
+        raise GatewayError(429, f"Your tenant's monthly budget ({budget}) is used up ({spent:.4f} spent).",
+                           type_="insufficient_quota", code="budget_exceeded")
+
+
+def _usage(caller: Caller, model: AIModel | None, requested: str, endpoint: str, started: float, *, status="ok",
+           http_status=200, error_type="", tokens_in=0, tokens_out=0, reported_cost=None, streamed=False,
+           ttft_ms=None):
+    writer.record(UsageRecord(
+        tenant_id=caller.tenant.pk, api_key_id=caller.api_key.pk, provider_id=model.provider_id if model else None,
+        model_id=model.pk if model else None, requested_model=str(requested)[:200], endpoint=endpoint,
+        tokens_in=tokens_in or 0, tokens_out=tokens_out or 0,
+        cost=cost_of(model, tokens_in or 0, tokens_out or 0, reported_cost) if status == "ok" else 0,
+        latency_ms=int((time.monotonic() - started) * 1000), ttft_ms=ttft_ms, status=status,
+        http_status=http_status, error_type=error_type[:60], streamed=streamed, created_at=timezone.now(),
+    ))
+
+
+async def _attempts(caller: Caller, candidates: list[AIModel], call):
+    """Try candidates in order; `call(model, params)` does the upstream call. Returns (model, result)."""
+    first_error: GatewayError | None = None
+    for model in candidates:
+        denied = await limiter.acquire(model.provider)
+        if denied is not None:
+            first_error = first_error or GatewayError(429, f"Too many requests: {denied.reason}.",
+                                                      type_="rate_limit_error", code="rate_limited",
+                                                      retry_after=denied.retry_after)
+            continue
+        try:
+            try:
+                cred = _credential(caller, model)
+            except (CredentialError, DecryptionError) as exc:
+                first_error = first_error or _credential_error(exc)
+                continue
+            params = _call_params(model, cred)
+            with secret_scope(cred.api_key):
+                try:
+                    return model, await call(model, params)
+                except GatewayError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped, masked, maybe failed over
+                    error, retryable = _map_upstream(exc, model)
+                    log.info("gateway: %s via provider %s failed: %s", model.model_id, model.provider_id,
+                             error.code)
+                    if not retryable:
+                        raise error from None
+                    first_error = first_error or error
+        finally:
+            await limiter.release(model.provider)
+    raise first_error or GatewayError(502, "No provider could serve the request.", type_="api_error")
+
+
+async def chat_completion(caller: Caller, body: dict):
+    """Non-streaming: returns the response dict. Streaming: returns an async iterator of SSE bytes."""
+    import litellm
+
+    started = time.monotonic()
+    requested = body.get("model")
+    candidates = await resolve_models(caller, requested, model_type=ModelType.INFERENCE)
+    await _check_budget(caller)
+    stream = bool(body.get("stream"))
+    call_body = {k: v for k, v in body.items() if k not in ("model", "api_key", "api_base", "base_url",
+                                                             "api_version", "extra_headers", "timeout",
+                                                             "num_retries", "metadata", "user_api_key")}
+    if not isinstance(call_body.get("messages"), list) or not call_body["messages"]:
+        raise GatewayError(400, "'messages' must be a non-empty list.", type_="invalid_request_error",
+                           param="messages")
+    wants_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else True
+    if stream:
+        call_body["stream_options"] = {"include_usage": True}
+
+    async def call(model, params):
+        response = await litellm.acompletion(**call_body, **params)
+        if not stream:
+            return response
+        iterator = response.__aiter__()
+        first = await iterator.__anext__()  # fail over while nothing was sent yet
+        return iterator, first
+
+    try:
+        model, result = await _attempts(caller, candidates, call)
+    except GatewayError as error:
+        _usage(caller, None, requested, "chat.completions", started, status="error", http_status=error.status,
+               error_type=error.code or error.type, streamed=stream)
+        raise
+    if not stream:
+        data = result.model_dump(exclude_none=True)
+        data.pop("_hidden_params", None)
+        usage = data.get("usage") or {}
+        usage.pop("cost", None)  # LiteLLM's estimate; our cost comes from the model's prices
+        _usage(caller, model, requested, "chat.completions", started, tokens_in=usage.get("prompt_tokens", 0),
+               tokens_out=usage.get("completion_tokens", 0))
+        return data
+    iterator, first = result
+    return _sse(caller, model, requested, started, iterator, first, wants_usage)
+
+
+def _is_usage_only(data: dict) -> bool:
+    return all(not c.get("delta") and not c.get("finish_reason") for c in data.get("choices") or [])
+
+
+async def _sse(caller, model, requested, started, iterator, first, wants_usage):
+    """Relay chunks as OpenAI sends them: `data: {chunk}` lines, a usage-only chunk with empty choices when the
+    caller asked for usage, then `data: [DONE]`."""
+    ttft = int((time.monotonic() - started) * 1000)
+    usage = {}
+    status, error_type, http_status = "ok", "", 200
+    try:
+        chunk = first
+        while True:
+            data = chunk.model_dump(exclude_none=True)
+            chunk_usage = data.pop("usage", None)
+            if chunk_usage:
+                chunk_usage.pop("cost", None)
+                usage = chunk_usage
+            if chunk_usage and _is_usage_only(data):
+                if wants_usage:
+                    yield f"data: {json.dumps({**data, 'choices': [], 'usage': chunk_usage}, separators=(',', ':'))}\n\n".encode()
+            else:
+                yield f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+            try:
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+        yield b"data: [DONE]\n\n"
+    except Exception as exc:  # noqa: BLE001 - the stream already started: report in-band, masked
+        error, _ = _map_upstream(exc, model)
+        status, error_type, http_status = "error", error.code or "stream_error", error.status
+        yield f"data: {json.dumps(error.body())}\n\n".encode()
+    finally:
+        _usage(caller, model, requested, "chat.completions", started, status=status, http_status=http_status,
+               error_type=error_type, tokens_in=usage.get("prompt_tokens", 0),
+               tokens_out=usage.get("completion_tokens", 0), streamed=True, ttft_ms=ttft)
+
+
+async def embeddings(caller: Caller, body: dict) -> dict:
+    import litellm
+
+    started = time.monotonic()
+    requested = body.get("model")
+    candidates = await resolve_models(caller, requested, model_type=ModelType.EMBEDDING)
+    await _check_budget(caller)
+    inp = body.get("input")
+    if not (isinstance(inp, str) and inp) and not (isinstance(inp, list) and inp):
+        raise GatewayError(400, "'input' must be a non-empty string or list.", type_="invalid_request_error",
+                           param="input")
+    extra = {k: body[k] for k in ("dimensions", "encoding_format", "user") if k in body}
+
+    async def call(model, params):
+        return await litellm.aembedding(input=inp, **extra, **params)
+
+    try:
+        model, response = await _attempts(caller, candidates, call)
+    except GatewayError as error:
+        _usage(caller, None, requested, "embeddings", started, status="error", http_status=error.status,
+               error_type=error.code or error.type)
+        raise
+    data = response.model_dump(exclude_none=True)
+    data.pop("_hidden_params", None)
+    usage = data.get("usage") or {}
+    _usage(caller, model, requested, "embeddings", started, tokens_in=usage.get("prompt_tokens", 0))
+    return data
+
+
+async def models_for(caller: Caller) -> list[dict]:
+    """GET /v1/models: what this caller may use (aliases and qualified model names)."""
+    tm = await catalog.tenant_models(caller.snapshot, caller.tenant)
+    seen: dict[str, dict] = {}
+    for m in tm.models:
+        from .catalog import qualified_name
+
+        owner = m.provider.name
+        for name in filter(None, (m.alias, qualified_name(m))):
+            seen.setdefault(name, {"id": name, "object": "model", "created": int(m.created_at.timestamp()),
+                                   "owned_by": owner, "type": m.model_type})
+    return sorted(seen.values(), key=lambda d: d["id"])
+

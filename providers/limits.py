@@ -1,0 +1,125 @@
+"""Per-provider rate limits (rpm) and concurrency gates (max_concurrency).
+
+Redis-backed when RATE_LIMIT_REDIS_URL is set, so the limits hold across worker processes; in-process
+otherwise. If Redis cannot be reached, the limiter falls back to in-process counting (the gateway keeps
+working; limits then hold per process) and retries Redis after a pause.
+Only providers with rpm or max_concurrency set cost anything here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from django.conf import settings
+
+log = logging.getLogger("eneo.gateway.limits")
+
+
+@dataclass(frozen=True)
+class Denied:
+    reason: str
+    retry_after: int
+
+
+class _Local:
+    def __init__(self):
+        self.windows: dict[int, deque] = {}
+        self.inflight: dict[int, int] = {}
+
+    def acquire(self, pid: int, rpm: int | None, max_conc: int | None) -> Denied | None:
+        now = time.monotonic()
+        if max_conc and self.inflight.get(pid, 0) >= max_conc:
+            return Denied(f"the provider's concurrency limit ({max_conc} calls in flight) is reached", 1)
+        if rpm:
+            window = self.windows.setdefault(pid, deque())
+            while window and now - window[0] >= 60:
+                window.popleft()
+            if len(window) >= rpm:
+                return Denied(f"the provider's rate limit ({rpm} requests per minute) is reached",
+                              max(1, int(60 - (now - window[0])) + 1))
+            window.append(now)
+        if max_conc:
+            self.inflight[pid] = self.inflight.get(pid, 0) + 1
+        return None
+
+    def release(self, pid: int, max_conc: int | None):
+        if max_conc:
+            self.inflight[pid] = max(0, self.inflight.get(pid, 0) - 1)
+
+
+class Limiter:
+    def __init__(self):
+        self.local = _Local()
+        self._redis = None
+        self._redis_down_until = 0.0
+
+    def _client(self):
+        url = settings.RATE_LIMIT_REDIS_URL
+        if not url or time.monotonic() < self._redis_down_until:
+            return None
+        if self._redis is None:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        return self._redis
+
+    def _redis_failed(self, exc):
+        log.warning("rate limiter: Redis unavailable (%s); counting in-process for 30 s", type(exc).__name__)
+        self._redis_down_until = time.monotonic() + 30
+        self._redis = None
+
+    async def acquire(self, provider) -> Denied | None:
+        rpm, max_conc = provider.rpm, provider.max_concurrency
+        if not rpm and not max_conc:
+            return None
+        client = self._client()
+        if client is None:
+            return self.local.acquire(provider.pk, rpm, max_conc)
+        try:
+            return await self._acquire_redis(client, provider.pk, rpm, max_conc)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure degrades to local counting
+            self._redis_failed(exc)
+            return self.local.acquire(provider.pk, rpm, max_conc)
+
+    async def _acquire_redis(self, client, pid, rpm, max_conc) -> Denied | None:
+        if max_conc:
+            key = f"eneo:cc:{pid}"
+            pipe = client.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, 600)
+            current, _ = await pipe.execute()
+            if current > max_conc:
+                await client.decr(key)
+                return Denied(f"the provider's concurrency limit ({max_conc} calls in flight) is reached", 1)
+        if rpm:
+            minute = int(time.time() // 60)
+            key = f"eneo:rpm:{pid}:{minute}"
+            pipe = client.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, 61)
+            count, _ = await pipe.execute()
+            if count > rpm:
+                if max_conc:
+                    await client.decr(f"eneo:cc:{pid}")
+                return Denied(f"the provider's rate limit ({rpm} requests per minute) is reached",
+                              max(1, 60 - int(time.time() % 60)))
+        return None
+
+    async def release(self, provider):
+        max_conc = provider.max_concurrency
+        if not max_conc:
+            return
+        client = self._client()
+        if client is None:
+            self.local.release(provider.pk, max_conc)
+            return
+        try:
+            await client.decr(f"eneo:cc:{provider.pk}")
+        except Exception as exc:  # noqa: BLE001
+            self._redis_failed(exc)
+            self.local.release(provider.pk, max_conc)
+
+
+limiter = Limiter()

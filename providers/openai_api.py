@@ -1,0 +1,151 @@
+"""The OpenAI-compatible API under /v1: async django-ninja handlers, so any OpenAI client works against it.
+
+Auth: `Authorization: Bearer <tenant API key>` (eneo_...). Errors have OpenAI's shape:
+{"error": {"message", "type", "param", "code"}}.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Optional, Union
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpResponse, StreamingHttpResponse
+from ninja import NinjaAPI, Schema
+from ninja.errors import ValidationError as NinjaValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from .catalog import catalog
+from .completion import Caller, GatewayError, chat_completion, embeddings, models_for
+
+log = logging.getLogger("eneo.gateway")
+
+GATEWAY_SCOPE = "gateway:Use"
+
+openai_api = NinjaAPI(
+    title="Eneo LLM gateway: OpenAI-compatible API",
+    version="1.0.0",
+    description="Chat completions (with streaming), embeddings and the model list, for any OpenAI client. "
+                "Authenticate with `Authorization: Bearer <tenant API key>`.",
+    urls_namespace="openai-v1",
+    docs_url="/docs",
+)
+
+
+class ChatCompletionIn(BaseModel):  # pydantic, not ninja's Schema: extra fields pass through
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(..., description="An alias, a model id, or <provider>/<model id> (azure/..., openai/...).")
+    messages: list[dict[str, Any]] = Field(..., description="The conversation, as in OpenAI's API.")
+    stream: Optional[bool] = Field(False, description="Stream the answer as server-sent events.")
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+
+
+class EmbeddingIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    input: Union[str, list[str], list[int], list[list[int]]]
+
+
+class ErrorBody(Schema):
+    error: dict[str, Any]
+
+
+class ModelOut(Schema):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str
+    type: str
+
+
+class ModelList(Schema):
+    object: str = "list"
+    data: list[ModelOut]
+
+
+def _json(data: dict, status: int = 200, headers: dict | None = None) -> HttpResponse:
+    response = HttpResponse(json.dumps(data, separators=(",", ":")), status=status,
+                            content_type="application/json")
+    for k, v in (headers or {}).items():
+        response[k] = v
+    return response
+
+
+def _error(status: int, message: str, type_: str, code: str | None = None, param=None, headers=None):
+    return _json({"error": {"message": message, "type": type_, "param": param, "code": code}}, status, headers)
+
+
+@openai_api.exception_handler(GatewayError)
+def on_gateway_error(request, exc: GatewayError):
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return _json(exc.body(), exc.status, headers)
+
+
+@openai_api.exception_handler(NinjaValidationError)
+def on_invalid(request, exc: NinjaValidationError):
+    parts = []
+    for err in exc.errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", [])[1:] if p != "payload") or "body"
+        parts.append(f"{loc}: {err.get('msg')}")
+    return _error(400, "Invalid request: " + "; ".join(parts), "invalid_request_error")
+
+
+@openai_api.exception_handler(RequestDataTooBig)
+def on_too_big(request, exc):
+    return _error(413, "The request body is too large.", "invalid_request_error", "request_too_large")
+
+
+@openai_api.exception_handler(Exception)
+def on_unexpected(request, exc):
+    log.exception("gateway: unexpected error on %s", request.path)
+    return _error(500, "Internal error in the gateway.", "api_error")
+
+
+async def authenticate(request) -> Caller:
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("api-key", "")
+    snapshot = await catalog.get()
+    key = snapshot.authenticate(token)
+    if key is None:
+        raise GatewayError(401, "Invalid or missing API key. Send 'Authorization: Bearer <tenant API key>'.",
+                           type_="invalid_request_error", code="invalid_api_key")
+    if not key.has_scope(GATEWAY_SCOPE):
+        raise GatewayError(403, f"This API key lacks the scope {GATEWAY_SCOPE}.", type_="permission_error",
+                           code="insufficient_scope")
+    tenant = snapshot.tenants.get(key.tenant_id)
+    if tenant is None:
+        raise GatewayError(401, "The API key's tenant is inactive.", type_="invalid_request_error",
+                           code="invalid_api_key")
+    return Caller(tenant=tenant, api_key=key, snapshot=snapshot)
+
+
+ERRORS = {400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 429: ErrorBody, 502: ErrorBody,
+          503: ErrorBody, 504: ErrorBody}
+
+
+@openai_api.post("/chat/completions", response={200: dict, **ERRORS}, tags=["openai"])
+async def create_chat_completion(request, payload: ChatCompletionIn):
+    """Create a chat completion (non-streaming JSON, or SSE when `stream` is true), as OpenAI's API does."""
+    caller = await authenticate(request)
+    result = await chat_completion(caller, payload.model_dump(exclude_none=True))
+    if isinstance(result, dict):
+        return _json(result)
+    response = StreamingHttpResponse(result, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+@openai_api.post("/embeddings", response={200: dict, **ERRORS}, tags=["openai"])
+async def create_embedding(request, payload: EmbeddingIn):
+    """Create embeddings for a string or a list of strings."""
+    caller = await authenticate(request)
+    return _json(await embeddings(caller, payload.model_dump(exclude_none=True)))
+
+
+@openai_api.get("/models", response={200: ModelList, 401: ErrorBody, 403: ErrorBody}, tags=["openai"])
+async def list_models(request):
+    """The models this API key may use: aliases and <provider>/<model id> names."""
+    caller = await authenticate(request)
+    return _json({"object": "list", "data": await models_for(caller)})

@@ -1,0 +1,123 @@
+"""Usage records, written without slowing responses: queued in memory and bulk-inserted in the background.
+
+A writer task per event loop flushes every USAGE_FLUSH_SECONDS (or 500 records). If the process dies, at
+most that window of records is lost; a database error is logged and the batch retried once.
+Also keeps per-tenant spend for the month (for budgets), refreshed from the database every minute.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import Sum
+from django.utils import timezone
+
+from tenants.models import TenantApiKey
+
+from .models import UsageRecord
+
+log = logging.getLogger("eneo.gateway.usage")
+
+
+def month_start(now=None):
+    now = now or timezone.now()
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+class UsageWriter:
+    def __init__(self):
+        self._pending: list[UsageRecord] = []
+        self._keys_used: dict[int, object] = {}
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._spend: dict[object, tuple[float, Decimal]] = {}
+
+    def record(self, rec: UsageRecord):
+        self._pending.append(rec)
+        if rec.api_key_id:
+            self._keys_used[rec.api_key_id] = rec.created_at
+        spent = self._spend.get(rec.tenant_id)
+        if spent is not None:
+            self._spend[rec.tenant_id] = (spent[0], spent[1] + (rec.cost or Decimal(0)))
+        self._ensure_task()
+        if len(self._pending) >= 500 and self._wake is not None:
+            self._wake.set()
+
+    def _ensure_task(self):
+        if self._task is None or self._task.done():
+            loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            # A fresh context: not the first request's (its thread-sensitive executor ends with it).
+            self._task = loop.create_task(self._run(), context=contextvars.Context())
+
+    async def _run(self):
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=settings.USAGE_FLUSH_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self):
+        if not self._pending and not self._keys_used:
+            return
+        batch, self._pending = self._pending, []
+        keys, self._keys_used = self._keys_used, {}
+        try:
+            await sync_to_async(_write, thread_sensitive=True)(batch, keys)
+        except Exception:  # noqa: BLE001
+            log.exception("usage: writing %d record(s) failed; retrying once", len(batch))
+            try:
+                await asyncio.sleep(1)
+                await sync_to_async(_write, thread_sensitive=True)(batch, keys)
+            except Exception:  # noqa: BLE001
+                log.error("usage: dropped %d record(s) after a second failure", len(batch))
+
+    async def month_spend(self, tenant) -> Decimal:
+        cached = self._spend.get(tenant.pk)
+        if cached is not None and time.monotonic() - cached[0] < 60:
+            return cached[1]
+        total = await sync_to_async(_spend_from_db, thread_sensitive=True)(tenant.pk)
+        total += sum((r.cost for r in self._pending if r.tenant_id == tenant.pk), Decimal(0))
+        self._spend[tenant.pk] = (time.monotonic(), total)
+        return total
+
+
+def _write(batch: list[UsageRecord], keys: dict):
+    close_old_connections()
+    if batch:
+        UsageRecord.objects.bulk_create(batch, batch_size=500)
+    for key_id, used_at in keys.items():
+        TenantApiKey.objects.filter(pk=key_id).update(last_used_at=used_at)
+
+
+def _spend_from_db(tenant_id) -> Decimal:
+    close_old_connections()
+    total = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=month_start()).aggregate(s=Sum("cost"))["s"]
+    return total or Decimal(0)
+
+
+writer = UsageWriter()
+
+
+def cost_of(model, tokens_in: int, tokens_out: int, reported=None) -> Decimal:
+    """Provider-reported cost when present, else tokens x price per million / 1,000,000."""
+    if reported not in (None, ""):
+        try:
+            return Decimal(str(reported))
+        except ArithmeticError:
+            pass
+    total = Decimal(0)
+    if model is not None:
+        if model.input_cost_per_million:
+            total += Decimal(tokens_in) * model.input_cost_per_million / Decimal(1_000_000)
+        if model.output_cost_per_million:
+            total += Decimal(tokens_out) * model.output_cost_per_million / Decimal(1_000_000)
+    return total.quantize(Decimal("0.00000001"))

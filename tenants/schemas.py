@@ -1,0 +1,53 @@
+"""ninja schemas of the sysadmin tenant API-key routes. Out schemas never carry a key's secret or digest."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Optional
+from uuid import UUID
+
+from django.utils import timezone
+from ninja import Field, Schema
+from pydantic import AwareDatetime, ConfigDict, StringConstraints, field_validator
+
+ScopeName = Annotated[str, StringConstraints(pattern=r"^(\*|[A-Za-z][A-Za-z0-9]*:[A-Za-z][A-Za-z0-9]*)$",
+                                             max_length=100)]
+
+
+class ApiKeyIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[^\x00]*$",
+                      description="What the key is for, e.g. 'intranet chatbot'.")
+    scopes: list[ScopeName] = Field(default_factory=list, max_length=100,
+                                    description="e.g. aiProviders:ListAiProviders; '*' grants every scope.")
+    expires_at: Optional[AwareDatetime] = Field(None, description="With a time zone; null = never expires.")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_future(cls, value):
+        if value is not None and value <= timezone.now():
+            raise ValueError("Must be in the future.")
+        return value
+
+
+class ApiKeyOut(Schema):
+    id: int
+    tenant_id: UUID
+    name: str
+    prefix: str = Field(..., description="Public part of the key (eneo_<prefix>_...); identifies it in logs.")
+    scopes: list[str]
+    is_active: bool = Field(..., description="false = revoked.")
+    expires_at: Optional[datetime]
+    created_at: datetime
+    last_used_at: Optional[datetime]
+
+
+class ApiKeyCreatedOut(ApiKeyOut):
+    api_key: str = Field(..., description="The full key. Shown only in this response: store it now.")
+    message: str
+
+
+class ErrorOut(Schema):
+    """The REST API's one error shape (eneo_site/exceptions.py)."""
+
+    detail: Any = Field(..., description="A message, or a list of {loc, msg, type} field errors.")
