@@ -244,4 +244,5 @@ DEFAULT_PROVIDER_TYPE = env.str("DEFAULT_PROVIDER_TYPE", default="openai")  # fo
 CATALOG_REFRESH_SECONDS = env.float("CATALOG_REFRESH_SECONDS", default=1.0)  # how often workers look for changes
 CATALOG_MAX_AGE_SECONDS = env.float("CATALOG_MAX_AGE_SECONDS", default=30.0)  # full reload (health updates)
 USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.5)  # usage records are batched this long
+GATEWAY_GC_THRESHOLD = env.int("GATEWAY_GC_THRESHOLD", default=20000)  # gen-0 GC threshold in the server; 0 = default
 RATE_LIMIT_REDIS_URL = env.str("RATE_LIMIT_REDIS_URL", default="")  # shared rpm/concurrency limits; empty = per process

@@ -12,7 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from django.http import HttpRequest
-from ninja import Query, Router
+from ninja import Query, Router, Status
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.pagination import LimitOffsetPagination, paginate
@@ -21,6 +21,7 @@ from credentials.provider_rules import UnknownProviderType, normalise_provider_t
 from tenants.actors import Actor
 from tenants.auth import tenant_key_auth
 from tenants.models import Tenant, TenantApiKey
+from tenants.schemas import ErrorOut
 from tenants.selectors import tenant_get
 
 from . import selectors, services
@@ -28,7 +29,6 @@ from .models import AIModel, Provider
 from .provider_types import all_specs, get_spec
 from .schemas import (
     EnablementOut,
-    ErrorOut,
     KeyIn,
     KeyOut,
     KeyPatch,
@@ -85,9 +85,9 @@ def _blank_nulls(data: dict[str, Any], *names: str) -> dict[str, Any]:
     return {k: ("" if v is None and k in names else v) for k, v in data.items()}
 
 
-def _model_fields(payload: ModelIn | ModelPatch, *, partial: bool) -> dict[str, Any]:
-    """Service keyword arguments from a model body (`model_config` travels under its alias)."""
-    data = payload.dict(exclude_unset=partial)
+def _model_fields(payload: ModelIn | ModelPatch) -> dict[str, Any]:
+    """Service keyword arguments from the fields sent in a model body (`model_config` travels under an alias)."""
+    data = payload.model_dump(exclude_unset=True)
     if "model_config_" in data:
         data["model_config"] = data.pop("model_config_")
     return _blank_nulls(data, "display_label", "alias")
@@ -102,9 +102,16 @@ def _provider(caller: Caller, provider_id: str, action: str = "view") -> Provide
     return selectors.provider_get(principal=caller.principal, public_id=provider_id, action=action)
 
 
+def _model(caller: Caller, provider_id: str, model_pk: int, action: str = "view") -> AIModel:
+    """A model of a provider the caller may see (404 otherwise), if `action` is allowed on it (403 otherwise)."""
+    return selectors.model_get(principal=caller.principal, provider=_provider(caller, provider_id), pk=model_pk,
+                               action=action)
+
+
 # --- /provider-types ---------------------------------------------------------------------------------------
 
 types_router = Router(tags=["provider types"], auth=tenant_key_auth)
+TYPE_ERRORS = {401: ErrorOut, 404: ErrorOut}
 
 
 @types_router.get("", response={200: list[ProviderTypeOut], 401: ErrorOut})
@@ -117,7 +124,7 @@ def list_provider_types(request):
     return all_specs()
 
 
-@types_router.get("/{provider_type}", response={200: ProviderTypeDetailOut, 401: ErrorOut, 404: ErrorOut})
+@types_router.get("/{provider_type}", response={200: ProviderTypeDetailOut, **TYPE_ERRORS})
 def get_provider_type(request, provider_type: str):
     """One provider type with LiteLLM's known models: context window, capabilities and price per 1M tokens.
 
@@ -162,8 +169,8 @@ def create_provider(request, payload: ProviderIn):
     the sysadmin may set `tenant_id` (null = instance level) and `instance_wide`. 409 on a duplicate name.
     """
     caller = _caller(request, Scope.CREATE)
-    data = payload.dict(exclude={"tenant_id", "models"})
-    models = [_model_fields(m, partial=True) for m in payload.models]
+    data = payload.model_dump(exclude={"tenant_id", "models"})
+    models = [_model_fields(m) for m in payload.models]
     if caller.api_key is None:
         tenant, owner = None, None
         if payload.tenant_id is not None:
@@ -176,7 +183,7 @@ def create_provider(request, payload: ProviderIn):
         if payload.tenant_id not in (None, tenant.pk):
             raise Forbidden("A tenant API key creates providers in its own tenant only.")
     provider = services.provider_create(actor=caller.actor, tenant=tenant, owner=owner, models=models, **data)
-    return 201, _provider_out(caller, provider)
+    return Status(201, _provider_out(caller, provider))
 
 
 @router.get("/{provider_id}", response={200: ProviderOut, **ERRORS})
@@ -194,7 +201,7 @@ def update_provider(request, provider_id: str, payload: ProviderPatch):
     """
     caller = _caller(request, Scope.UPDATE)
     provider = _provider(caller, provider_id, "change")
-    fields = _blank_nulls(payload.dict(exclude_unset=True), "base_url", "api_version")
+    fields = _blank_nulls(payload.model_dump(exclude_unset=True), "base_url", "api_version")
     services.provider_update(actor=caller.actor, provider=provider, **fields)
     return _provider_out(caller, provider)
 
@@ -207,7 +214,7 @@ def delete_provider(request, provider_id: str, force: bool = False):
     """
     caller = _caller(request, Scope.DELETE)
     services.provider_delete(actor=caller.actor, provider=_provider(caller, provider_id, "delete"), force=force)
-    return 204, None
+    return Status(204, None)
 
 
 # --- /ai-providers/{id}/models -----------------------------------------------------------------------------
@@ -228,14 +235,15 @@ def create_model(request, provider_id: str, payload: ModelIn):
     """
     caller = _caller(request, Scope.UPDATE)
     provider = _provider(caller, provider_id, "change")
-    return 201, services.model_create(actor=caller.actor, provider=provider, **_model_fields(payload, partial=True))
+    model = services.model_create(actor=caller.actor, provider=provider, **_model_fields(payload))
+    return Status(201, model)
 
 
 @router.get("/{provider_id}/models/{model_pk}", response={200: ModelOut, **ERRORS})
 def get_model(request, provider_id: str, model_pk: int):
     """One model of the provider. Scope: aiProviders:GetAiProvider."""
     caller = _caller(request, Scope.GET)
-    return selectors.model_get(principal=caller.principal, provider=_provider(caller, provider_id), pk=model_pk)
+    return _model(caller, provider_id, model_pk)
 
 
 @router.patch("/{provider_id}/models/{model_pk}", response={200: ModelOut, **WRITE_ERRORS})
@@ -245,46 +253,44 @@ def update_model(request, provider_id: str, model_pk: int, payload: ModelPatch):
     Scope: aiProviders:UpdateAiProvider.
     """
     caller = _caller(request, Scope.UPDATE)
-    model = selectors.model_get(principal=caller.principal, provider=_provider(caller, provider_id), pk=model_pk,
-                                action="change")
-    return services.model_update(actor=caller.actor, model=model, **_model_fields(payload, partial=True))
+    model = _model(caller, provider_id, model_pk, "change")
+    return services.model_update(actor=caller.actor, model=model, **_model_fields(payload))
 
 
 @router.delete("/{provider_id}/models/{model_pk}", response=NO_CONTENT)
 def delete_model(request, provider_id: str, model_pk: int):
     """Delete a model. Scope: aiProviders:UpdateAiProvider."""
     caller = _caller(request, Scope.UPDATE)
-    model = selectors.model_get(principal=caller.principal, provider=_provider(caller, provider_id), pk=model_pk,
-                                action="change")
+    model = _model(caller, provider_id, model_pk, "change")
     services.model_delete(actor=caller.actor, model=model)
-    return 204, None
+    return Status(204, None)
 
 
-def _enablement_target(request, provider_id: str, model_pk: int, tenant_id: UUID) -> tuple[Caller, AIModel, Tenant]:
+def _set_enablement(request, provider_id: str, model_pk: int, tenant_id: UUID, *, enabled: bool) -> dict:
     caller = _caller(request, Scope.UPDATE)
-    model = selectors.model_get(principal=caller.principal, provider=_provider(caller, provider_id), pk=model_pk)
+    model = _model(caller, provider_id, model_pk)  # invisible to the caller: 404 before anything else
     if caller.api_key is not None:
         raise Forbidden("Only the sysadmin (super API key) enables instance-level models for tenants.")
     tenant = tenant_get(tenant_id=tenant_id)
     if tenant is None:
         raise NotFound(f"Tenant {tenant_id} not found.")
-    return caller, model, tenant
+    services.model_set_tenant_enabled(actor=caller.actor, model=model, tenant=tenant, enabled=enabled)
+    return {"provider_id": model.provider.public_id, "model_pk": model.pk, "tenant_id": tenant.pk, "enabled": enabled}
 
 
-@router.post("/{provider_id}/models/{model_pk}/tenants/{tenant_id}", response={200: EnablementOut, **WRITE_ERRORS})
+ENABLEMENT = "/{provider_id}/models/{model_pk}/tenants/{tenant_id}"
+
+
+@router.post(ENABLEMENT, response={200: EnablementOut, **WRITE_ERRORS})
 def enable_model_for_tenant(request, provider_id: str, model_pk: int, tenant_id: UUID):
     """Let a tenant use an instance-level model. Sysadmin only (super API key). Idempotent."""
-    caller, model, tenant = _enablement_target(request, provider_id, model_pk, tenant_id)
-    services.model_set_tenant_enabled(actor=caller.actor, model=model, tenant=tenant, enabled=True)
-    return {"provider_id": provider_id, "model_pk": model.pk, "tenant_id": tenant.pk, "enabled": True}
+    return _set_enablement(request, provider_id, model_pk, tenant_id, enabled=True)
 
 
-@router.delete("/{provider_id}/models/{model_pk}/tenants/{tenant_id}", response={200: EnablementOut, **WRITE_ERRORS})
+@router.delete(ENABLEMENT, response={200: EnablementOut, **WRITE_ERRORS})
 def disable_model_for_tenant(request, provider_id: str, model_pk: int, tenant_id: UUID):
     """Stop a tenant from using an instance-level model. Sysadmin only (super API key). Idempotent."""
-    caller, model, tenant = _enablement_target(request, provider_id, model_pk, tenant_id)
-    services.model_set_tenant_enabled(actor=caller.actor, model=model, tenant=tenant, enabled=False)
-    return {"provider_id": provider_id, "model_pk": model.pk, "tenant_id": tenant.pk, "enabled": False}
+    return _set_enablement(request, provider_id, model_pk, tenant_id, enabled=False)
 
 
 # --- /ai-providers/{id}/keys -------------------------------------------------------------------------------
@@ -305,7 +311,7 @@ def add_key(request, provider_id: str, payload: KeyIn):
     """
     caller = _caller(request, Scope.UPDATE)
     provider = _provider(caller, provider_id, "change")
-    return 201, services.provider_key_add(actor=caller.actor, provider=provider, **payload.dict())
+    return Status(201, services.provider_key_add(actor=caller.actor, provider=provider, **payload.model_dump()))
 
 
 @router.patch("/{provider_id}/keys/{key_id}", response={200: KeyOut, **WRITE_ERRORS})
@@ -313,7 +319,7 @@ def update_key(request, provider_id: str, key_id: int, payload: KeyPatch):
     """Relabel a key or enable/disable it. Scope: aiProviders:UpdateAiProvider."""
     caller = _caller(request, Scope.UPDATE)
     key = selectors.provider_key_get(provider=_provider(caller, provider_id, "change"), key_id=key_id)
-    return services.provider_key_update(actor=caller.actor, key=key, **payload.dict())
+    return services.provider_key_update(actor=caller.actor, key=key, **payload.model_dump())
 
 
 @router.delete("/{provider_id}/keys/{key_id}", response=NO_CONTENT)
@@ -322,4 +328,4 @@ def delete_key(request, provider_id: str, key_id: int):
     caller = _caller(request, Scope.UPDATE)
     key = selectors.provider_key_get(provider=_provider(caller, provider_id, "change"), key_id=key_id)
     services.provider_key_delete(actor=caller.actor, key=key)
-    return 204, None
+    return Status(204, None)

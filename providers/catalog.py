@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 from django.db.models import Max
 from django.utils import timezone
 
@@ -77,6 +78,7 @@ class Snapshot:
         return tenant.pk in self._per_tenant
 
     def load_tenant(self, tenant: Tenant) -> TenantModels:
+        close_old_connections()
         with self._lock:
             if tenant.pk in self._per_tenant:
                 return self._per_tenant[tenant.pk]
@@ -144,6 +146,7 @@ class Catalog:
         self._lock = threading.Lock()
 
     def _refresh_sync(self, force: bool = False) -> Snapshot:
+        close_old_connections()  # the gateway lane has no request signals: recycle broken/old connections here
         with self._lock:
             now = time.monotonic()
             snap = self._snapshot

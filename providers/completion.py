@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from decimal import Decimal
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -31,7 +32,7 @@ from tenants.models import Tenant, TenantApiKey
 from .catalog import Snapshot, catalog, split_prefix
 from .choices import ModelType
 from .limits import limiter
-from .models import AIModel, UsageRecord
+from .models import AIModel
 from .provider_types import get_spec
 from .services import provider_credential
 from .usage import cost_of, writer
@@ -205,13 +206,12 @@ async def _check_budget(caller: Caller):
 def _usage(caller: Caller, model: AIModel | None, requested: str, endpoint: str, started: float, *, status="ok",
            http_status=200, error_type="", tokens_in=0, tokens_out=0, reported_cost=None, streamed=False,
            ttft_ms=None):
-    writer.record(UsageRecord(
-        tenant_id=caller.tenant.pk, api_key_id=caller.api_key.pk, provider_id=model.provider_id if model else None,
-        model_id=model.pk if model else None, requested_model=str(requested)[:200], endpoint=endpoint,
-        tokens_in=tokens_in or 0, tokens_out=tokens_out or 0,
-        cost=cost_of(model, tokens_in or 0, tokens_out or 0, reported_cost) if status == "ok" else 0,
-        latency_ms=int((time.monotonic() - started) * 1000), ttft_ms=ttft_ms, status=status,
-        http_status=http_status, error_type=error_type[:60], streamed=streamed, created_at=timezone.now(),
+    writer.record((
+        caller.tenant.pk, caller.api_key.pk, model.provider_id if model else None, model.pk if model else None,
+        str(requested)[:200], endpoint, tokens_in or 0, tokens_out or 0,
+        cost_of(model, tokens_in or 0, tokens_out or 0, reported_cost) if status == "ok" else Decimal(0),
+        int((time.monotonic() - started) * 1000), ttft_ms, status, http_status, error_type[:60], streamed,
+        timezone.now(),
     ))
 
 

@@ -42,6 +42,19 @@ def _call_kwargs(cred: ResolvedCredential) -> dict:
     return kwargs
 
 
+def _connection_failed(exc: BaseException | None) -> bool:
+    """LiteLLM reports a refused connection as an InternalServerError: look at what caused it."""
+    import httpx
+
+    for _ in range(10):
+        if exc is None:
+            return False
+        if isinstance(exc, (httpx.ConnectError, httpx.TimeoutException, ConnectionError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def classify_error(exc: Exception) -> tuple[str, str]:
     """(health status, user-facing message) for an exception from a provider call. Masked."""
     import litellm
@@ -50,7 +63,7 @@ def classify_error(exc: Exception) -> tuple[str, str]:
         return HealthStatus.DOWN, str(exc)
     if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
         return HealthStatus.DOWN, "Invalid API key"
-    if isinstance(exc, (litellm.Timeout, litellm.APIConnectionError)):
+    if isinstance(exc, (litellm.Timeout, litellm.APIConnectionError)) or _connection_failed(exc):
         return HealthStatus.DOWN, "Could not connect to the API"
     if isinstance(exc, litellm.NotFoundError):
         return HealthStatus.DEGRADED, "None of the test models could be found"

@@ -15,7 +15,6 @@ from ninja import Field, Schema
 from pydantic import ConfigDict, field_validator
 
 from credentials.masking import mask_last4
-from tenants.schemas import ErrorOut  # noqa: F401  (re-exported for providers.api)
 
 from .choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
 

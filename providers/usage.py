@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -32,19 +32,21 @@ def month_start(now=None):
 
 class UsageWriter:
     def __init__(self):
-        self._pending: list[UsageRecord] = []
+        self._pending: list[tuple] = []
         self._keys_used: dict[int, object] = {}
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._spend: dict[object, tuple[float, Decimal]] = {}
 
-    def record(self, rec: UsageRecord):
+    def record(self, rec: tuple):
+        """`rec` holds the values of USAGE_COLUMNS, in that order."""
         self._pending.append(rec)
-        if rec.api_key_id:
-            self._keys_used[rec.api_key_id] = rec.created_at
-        spent = self._spend.get(rec.tenant_id)
+        tenant_id, api_key_id, cost, created_at = rec[0], rec[1], rec[8], rec[15]
+        if api_key_id:
+            self._keys_used[api_key_id] = created_at
+        spent = self._spend.get(tenant_id)
         if spent is not None:
-            self._spend[rec.tenant_id] = (spent[0], spent[1] + (rec.cost or Decimal(0)))
+            self._spend[tenant_id] = (spent[0], spent[1] + (cost or Decimal(0)))
         self._ensure_task()
         if len(self._pending) >= 500 and self._wake is not None:
             self._wake.set()
@@ -85,15 +87,27 @@ class UsageWriter:
         if cached is not None and time.monotonic() - cached[0] < 60:
             return cached[1]
         total = await sync_to_async(_spend_from_db, thread_sensitive=True)(tenant.pk)
-        total += sum((r.cost for r in self._pending if r.tenant_id == tenant.pk), Decimal(0))
+        total += sum((r[8] for r in self._pending if r[0] == tenant.pk), Decimal(0))
         self._spend[tenant.pk] = (time.monotonic(), total)
         return total
 
 
-def _write(batch: list[UsageRecord], keys: dict):
+USAGE_COLUMNS = ("tenant_id", "api_key_id", "provider_id", "model_id", "requested_model", "endpoint", "tokens_in",
+                 "tokens_out", "cost", "latency_ms", "ttft_ms", "status", "http_status", "error_type", "streamed",
+                 "created_at")
+
+
+def _write(batch: list[tuple], keys: dict):
+    """One executemany per batch (cheaper than building a model instance per call)."""
     close_old_connections()
     if batch:
-        UsageRecord.objects.bulk_create(batch, batch_size=500)
+        table = UsageRecord._meta.db_table
+        fields = [UsageRecord._meta.get_field(c) for c in USAGE_COLUMNS]  # get_field accepts attnames
+        with connection.cursor() as cursor:
+            rows = [[f.get_db_prep_save(v, connection) for f, v in zip(fields, row)] for row in batch]
+            cursor.executemany(
+                f"INSERT INTO {connection.ops.quote_name(table)} ({', '.join(map(connection.ops.quote_name, USAGE_COLUMNS))}) "
+                f"VALUES ({', '.join(['%s'] * len(USAGE_COLUMNS))})", rows)
     for key_id, used_at in keys.items():
         TenantApiKey.objects.filter(pk=key_id).update(last_used_at=used_at)
 

@@ -1,12 +1,16 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from credentials.models import TenantCredential
 
 from . import services
 from .actors import Actor
-from .models import AuditEvent, Tenant, TenantMembership
+from .api_keys import KEY_PREFIX, api_key_create, api_key_revoke
+from .models import AuditEvent, Tenant, TenantApiKey, TenantMembership
 
 
 class TenantMembershipInline(admin.TabularInline):
@@ -105,3 +109,122 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# --- Tenant API keys ------------------------------------------------------------------------------------
+
+API_KEY_SCOPES = (
+    ("aiProviders:ListAiProviders", "List AI providers"),
+    ("aiProviders:GetAiProvider", "Read one AI provider"),
+    ("aiProviders:CreateAiProvider", "Create AI providers"),
+    ("aiProviders:UpdateAiProvider", "Change AI providers"),
+    ("aiProviders:DeleteAiProvider", "Delete AI providers"),
+    ("gateway:Use", "Call models through the /v1 gateway"),
+    ("*", "Everything (all scopes, present and future)"),
+)
+
+
+class TenantApiKeyAddForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=API_KEY_SCOPES, widget=forms.CheckboxSelectMultiple,
+        help_text="What the key may do. Give only what the client needs.")
+
+    class Meta:
+        model = TenantApiKey
+        fields = ("tenant", "name", "scopes", "expires_at")
+        help_texts = {"tenant": "The tenant the key acts for: it sees only what that tenant may see."}
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data.get("expires_at")
+        if expires_at is not None and expires_at <= timezone.now():
+            raise forms.ValidationError("The expiry must be in the future (or empty: never expires).")
+        return expires_at
+
+
+def _admin_tenants(user):
+    """Tenants whose API keys this user manages: all for superusers, else those it administers."""
+    if user.is_superuser:
+        return Tenant.objects.all()
+    return Tenant.objects.filter(memberships__user=user, memberships__role=TenantMembership.Role.ADMIN)
+
+
+@admin.register(TenantApiKey)
+class TenantApiKeyAdmin(admin.ModelAdmin):
+    """Created once with the plaintext shown once (never stored: only a prefix and an HMAC digest); revoked,
+    never edited or deleted. All writes go through tenants.api_keys."""
+
+    add_form = TenantApiKeyAddForm
+    list_display = ("name", "tenant", "key_prefix", "scope_list", "is_active", "expires_at", "last_used_at")
+    list_filter = ("is_active", ("tenant", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("name", "prefix", "tenant__name")
+    list_select_related = ("tenant", "created_by")
+    actions = ("revoke_selected",)
+    fields = ("tenant", "name", "key_prefix", "scope_list", "is_active", "expires_at", "created_by", "created_at",
+              "last_used_at")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(tenant__in=_admin_tenants(request.user))
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = self.add_form
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        return self.add_form.Meta.fields if obj is None else self.fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "tenant":
+            kwargs["queryset"] = _admin_tenants(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def lookup_allowed(self, lookup, value, request=None):
+        if lookup.split("__")[0] == "digest":
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # revoke instead: the key stays on record
+
+    @admin.display(description="Key", ordering="prefix")
+    def key_prefix(self, obj):
+        return f"{KEY_PREFIX}{obj.prefix}_..."
+
+    @admin.display(description="Scopes")
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes) or "-"
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return  # nothing is editable: revoke with the action
+        data = form.cleaned_data
+        created = api_key_create(actor=Actor.from_request(request, source="admin"), tenant=data["tenant"],
+                                 name=data["name"], scopes=data["scopes"], created_by=request.user,
+                                 expires_at=data.get("expires_at"))
+        obj.pk, obj.prefix = created.api_key.pk, created.api_key.prefix
+        request._created_api_key = created.plaintext  # for response_add only; never stored
+
+    def response_add(self, request, obj, post_url_continue=None):
+        plaintext = getattr(request, "_created_api_key", None)
+        if plaintext is None:
+            return super().response_add(request, obj, post_url_continue)
+        # Rendered into this very response, so the message is consumed here and never reaches the message
+        # storage (cookie or session); the page is not cached (admin_view adds never_cache).
+        messages.success(request, format_html(
+            "The API key “{}” was created. Copy it now: it is shown only this once and is not stored. "
+            "<br><code>{}</code><br><a href=\"{}\">Back to the API keys</a>",
+            obj.name, plaintext, reverse("admin:tenants_tenantapikey_changelist")))
+        return TemplateResponse(request, "admin/base_site.html", {
+            **self.admin_site.each_context(request), "title": "API key created", "subtitle": None,
+        })
+
+    @admin.action(description="Revoke the selected keys", permissions=("change",))
+    def revoke_selected(self, request, queryset):
+        actor = Actor.from_request(request, source="admin")
+        revoked = [api_key_revoke(actor=actor, api_key=key).name for key in queryset.filter(is_active=True)]
+        self.message_user(request, f"Revoked: {', '.join(revoked)}." if revoked else "Nothing to revoke.",
+                          messages.SUCCESS if revoked else messages.WARNING)

@@ -5,7 +5,7 @@ A new key's plaintext is returned once, by the create call; afterwards only its 
 
 from uuid import UUID
 
-from ninja import Router
+from ninja import Router, Status
 from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination, paginate
 
@@ -32,9 +32,8 @@ def create_api_key(request, tenant_id: UUID, payload: ApiKeyIn):
     """Create an API key for the tenant. The response holds the key itself: it is shown only once."""
     created = api_key_create(actor=request.auth, tenant=_tenant_or_404(tenant_id), name=payload.name.strip(),
                              scopes=payload.scopes, expires_at=payload.expires_at)
-    key = created.api_key
-    return 201, {**ApiKeyOut.from_orm(key).dict(), "api_key": created.plaintext,
-                 "message": "Store this key now: it is shown only once."}
+    shown_once = {"api_key": created.plaintext, "message": "Store this key now: it is shown only once."}
+    return Status(201, {**ApiKeyOut.model_validate(created.api_key).model_dump(), **shown_once})
 
 
 @router.get("/tenants/{tenant_id}/api-keys", response={200: list[ApiKeyOut], **ERRORS})
@@ -52,4 +51,4 @@ def revoke_api_key(request, tenant_id: UUID, key_id: int):
         raise HttpError(404, f"API key {key_id} not found for this tenant.")
     if key.is_active:
         api_key_revoke(actor=request.auth, api_key=key)
-    return 204, None
+    return Status(204, None)

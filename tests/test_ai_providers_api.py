@@ -321,7 +321,10 @@ def test_list_pagination_and_filters(client, tenant, tenant_key):
                   status="inactive")
     r = call(client, "get", "/ai-providers?limit=3&offset=3", tenant_key)
     assert r.json()["count"] == 8 and [p["name"] for p in r.json()["items"]] == ["P2", "P3", "P4"]
-    names = lambda q: [p["name"] for p in call(client, "get", f"/ai-providers?{q}", tenant_key).json()["items"]]  # noqa: E731
+
+    def names(query: str) -> list[str]:
+        return [p["name"] for p in call(client, "get", f"/ai-providers?{query}", tenant_key).json()["items"]]
+
     assert names("provider_type=openai") == ["P1", "P3", "P5"]
     assert names("provider_type=VLLM") == ["GPU box"]
     assert names("status=inactive") == ["GPU box"]
@@ -356,6 +359,22 @@ def test_list_runs_constant_queries(client, tenant, super_headers, django_assert
     assert few == many
     items = call(client, "get", "/ai-providers?limit=100", headers).json()["items"]
     assert len(items) == 30 and {(p["models_count"], p["keys_count"]) for p in items} == {(2, 2)}
+
+
+def test_nested_lists_run_constant_queries(client, tenant, tenant_key):
+    p = make_provider(tenant=tenant)
+    call(client, "get", "/ai-providers", tenant_key)  # the key's first use writes last_used_at
+
+    def queries(path: str) -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert call(client, "get", f"/ai-providers/{p.public_id}{path}?limit=100", tenant_key).status_code == 200
+        return len(ctx.captured_queries)
+
+    few = (queries("/models"), queries("/keys"))
+    for n in range(20):
+        make_model(p)
+        p.keys.create(secret=f"sk-extra-{n:04d}", last4=f"{n:04d}")
+    assert (queries("/models"), queries("/keys")) == few
 
 
 # --- nested models and keys ---------------------------------------------------------------------------------
@@ -546,4 +565,5 @@ def test_api_key_with_expiry_and_wildcard_scope(client, tenant, super_headers):
     assert datetime.fromisoformat(r.json()["expires_at"]) == datetime(2998, 12, 31, 23, tzinfo=UTC)
     p = make_provider(tenant=tenant)
     make_model(p)
-    assert call(client, "delete", f"/ai-providers/{p.public_id}?force=true", bearer(r.json()["api_key"])).status_code == 204
+    r = call(client, "delete", f"/ai-providers/{p.public_id}?force=true", bearer(r.json()["api_key"]))
+    assert r.status_code == 204

@@ -1,0 +1,282 @@
+"""Gateway benchmark: direct calls vs our gateway vs the LiteLLM Proxy, against the same fake upstream.
+
+    .venv/bin/python bench/gateway_bench.py [--requests 2000] [--concurrency 32] [--upstream-latency-ms 20]
+
+Starts, on 127.0.0.1 only: the fake upstream (tests/fake_upstream), our ASGI app under uvicorn (one worker,
+SQLite in a temp dir), and the LiteLLM Proxy from its own virtualenv (bench/.venv-proxy, see README.md),
+both with one worker and pointing at the same upstream. For non-streaming and streaming chat completions it
+runs a warm-up, then N requests at the given concurrency per target, and prints requests/s, p50/p99 latency,
+the latency added over a direct call, errors, and the server's CPU time per request (user+system CPU of the
+server process tree divided by requests). Results are also written to bench/results/gateway.json.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TICK = os.sysconf("SC_CLK_TCK")
+MESSAGES = [{"role": "user", "content": "Say hello to the benchmark"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of a process and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            f = stats[p]
+            total += (int(f[11]) + int(f[12])) / TICK
+        todo.extend(children.get(p, []))
+    return total
+
+
+def wait_http(url: str, timeout: float = 90.0, headers=None):
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start(cmd, env=None, log=None):
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log or subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc):
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def setup_gateway(tmp: Path, upstream: str) -> tuple[dict, str]:
+    from cryptography.fernet import Fernet
+
+    env = {
+        "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{tmp / 'bench.sqlite3'}"),
+        "SECRET_KEY": secrets.token_urlsafe(50), "ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "DEBUG": "false", "SECURE_SSL_REDIRECT": "false", "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "LOG_LEVEL": "WARNING", "ENV_FILE": "/nonexistent", "CELERY_BROKER_URL": "memory://",
+    }
+    subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env={**os.environ, **env}, check=True)
+    code = f"""
+from providers import services
+from tenants.actors import SYSTEM
+from tenants.api_keys import api_key_create
+from tenants.services import tenant_create
+t = tenant_create(actor=SYSTEM, name="Bench", slug="bench")
+p = services.provider_create(actor=SYSTEM, tenant=t, name="Upstream", provider_type="openai",
+                             base_url="{upstream}/v1", api_key="sk-bench-upstream-key-0001")
+services.model_create(actor=SYSTEM, provider=p, model_id="gpt-4o-mini", alias="fast")
+print(api_key_create(actor=SYSTEM, tenant=t, name="bench", scopes=["gateway:Use"]).plaintext)
+"""
+    out = subprocess.run([PY, "manage.py", "shell", "-c", code], cwd=ROOT, env={**os.environ, **env}, check=True,
+                         capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return env, out
+
+
+def proxy_config(tmp: Path, upstream: str) -> Path:
+    cfg = tmp / "proxy.yaml"
+    cfg.write_text(
+        "model_list:\n"
+        "  - model_name: fast\n"
+        "    litellm_params:\n"
+        "      model: openai/gpt-4o-mini\n"
+        f"      api_base: {upstream}/v1\n"
+        "      api_key: sk-bench-upstream-key-0001\n"
+        "general_settings:\n"
+        "  master_key: sk-bench-master-key\n"
+        "litellm_settings:\n"
+        "  drop_params: true\n"
+        "  num_retries: 0\n"
+    )
+    return cfg
+
+
+async def one_request(session, url, headers, body, stream) -> tuple[float, bool]:
+    started = time.perf_counter()
+    try:
+        async with session.post(url, json=body, headers=headers) as r:
+            if stream:
+                ok_done = False
+                async for line in r.content:
+                    if line.startswith(b"data: [DONE]"):
+                        ok_done = True
+                ok = r.status == 200 and ok_done
+            else:
+                data = await r.read()
+                ok = r.status == 200 and b'"choices"' in data
+    except Exception:  # noqa: BLE001
+        ok = False
+    return time.perf_counter() - started, ok
+
+
+async def run_load(url, headers, body, *, n, concurrency, stream):
+    latencies, errors = [], 0
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        queue = iter(range(n))
+
+        async def worker():
+            nonlocal errors
+            for _ in queue:
+                latency, ok = await one_request(session, url, headers, body, stream)
+                latencies.append(latency)
+                errors += 0 if ok else 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return latencies, errors, elapsed
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def measure(name, target, *, n, concurrency, stream, warmup):
+    url, headers, pid = target["url"], target["headers"], target.get("pid")
+    body = {"model": target["model"], "messages": MESSAGES, "max_tokens": 16, "stream": stream}
+    asyncio.run(run_load(url, headers, body, n=warmup, concurrency=concurrency, stream=stream))
+    cpu0 = tree_cpu_seconds(pid) if pid else 0.0
+    latencies, errors, elapsed = asyncio.run(run_load(url, headers, body, n=n, concurrency=concurrency,
+                                                      stream=stream))
+    cpu1 = tree_cpu_seconds(pid) if pid else 0.0
+    return {
+        "target": name, "stream": stream, "requests": n, "concurrency": concurrency, "errors": errors,
+        "rps": round(n / elapsed, 1), "p50_ms": round(pct(latencies, 50) * 1000, 2),
+        "p99_ms": round(pct(latencies, 99) * 1000, 2), "mean_ms": round(statistics.mean(latencies) * 1000, 2),
+        "server_cpu_ms_per_request": round((cpu1 - cpu0) * 1000 / n, 2) if pid else None,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--upstream-latency-ms", type=float, default=20.0)
+    parser.add_argument("--proxy-venv", default=str(ROOT / "bench" / ".venv-proxy"))
+    parser.add_argument("--skip-proxy", action="store_true")
+    parser.add_argument("--only", choices=["nonstream", "stream"], default=None)
+    args = parser.parse_args()
+
+    procs = []
+    results = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        up_port, gw_port, px_port = free_port(), free_port(), free_port()
+        upstream = f"http://127.0.0.1:{up_port}"
+        try:
+            procs.append(start([PY, "-m", "tests.fake_upstream", "--port", str(up_port), "--latency-ms",
+                                str(args.upstream_latency_ms), "--spread"]))
+            wait_http(upstream + "/__control/config")
+            env, api_key = setup_gateway(tmp, upstream)
+            gw_log = open(tmp / "gateway.log", "w")
+            gw = start([str(Path(PY).parent / "uvicorn"), "eneo_site.asgi:application", "--host", "127.0.0.1",
+                        "--port", str(gw_port), "--no-access-log", "--log-level", "warning", "--lifespan", "off"],
+                       env=env, log=gw_log)
+            procs.append(gw)
+            wait_http(f"http://127.0.0.1:{gw_port}/healthz")
+            targets = {
+                "direct": {"url": upstream + "/v1/chat/completions", "model": "gpt-4o-mini",
+                           "headers": {"Authorization": "Bearer sk-bench-upstream-key-0001"}},
+                "gateway": {"url": f"http://127.0.0.1:{gw_port}/v1/chat/completions", "model": "fast",
+                            "headers": {"Authorization": f"Bearer {api_key}"}, "pid": gw.pid},
+            }
+            proxy_version = None
+            proxy_bin = Path(args.proxy_venv) / "bin" / "litellm"
+            if not args.skip_proxy and proxy_bin.exists():
+                proxy_version = subprocess.run(
+                    [str(Path(args.proxy_venv) / "bin" / "python"), "-c",
+                     "import importlib.metadata as m; print(m.version('litellm'))"],
+                    capture_output=True, text=True).stdout.strip()
+                px_log = open(tmp / "proxy.log", "w")
+                px = start([str(proxy_bin), "--config", str(proxy_config(tmp, upstream)), "--host", "127.0.0.1",
+                            "--port", str(px_port), "--num_workers", "1"],
+                           env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
+                                "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "True"}, log=px_log)
+                procs.append(px)
+                wait_http(f"http://127.0.0.1:{px_port}/health/liveliness", timeout=180)
+                targets["litellm-proxy"] = {"url": f"http://127.0.0.1:{px_port}/v1/chat/completions",
+                                            "model": "fast", "pid": px.pid,
+                                            "headers": {"Authorization": "Bearer sk-bench-master-key"}}
+            elif not args.skip_proxy:
+                print(f"(LiteLLM Proxy not installed at {proxy_bin}: see bench/README.md; skipping it)")
+            modes = [False, True] if args.only is None else [args.only == "stream"]
+            for stream in modes:
+                for name, target in targets.items():
+                    res = measure(name, target, n=args.requests, concurrency=args.concurrency, stream=stream,
+                                  warmup=args.warmup)
+                    results.append(res)
+                    print(json.dumps(res), flush=True)
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+
+    print()
+    header = f"{'target':<15}{'mode':<11}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}" \
+             f"{'errors':>8}{'CPU ms/req':>12}"
+    print(header)
+    for res in results:
+        direct = next(r for r in results if r["target"] == "direct" and r["stream"] == res["stream"])
+        res["added_p50_ms"] = round(res["p50_ms"] - direct["p50_ms"], 2)
+        res["added_p99_ms"] = round(res["p99_ms"] - direct["p99_ms"], 2)
+        cpu = res["server_cpu_ms_per_request"]
+        print(f"{res['target']:<15}{'stream' if res['stream'] else 'non-stream':<11}{res['rps']:>9}"
+              f"{res['p50_ms']:>9}{res['p99_ms']:>9}{res['added_p50_ms']:>9}{res['added_p99_ms']:>9}"
+              f"{res['errors']:>8}{'' if cpu is None else cpu:>12}")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "gateway.json").write_text(json.dumps({
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"), "litellm_proxy_version": proxy_version,
+        "upstream_latency_ms": args.upstream_latency_ms, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""Django admin of providers and models (registered on import).
+
+provider.py: ProviderAdmin (add wizard in wizard.py); aimodel.py: AIModelAdmin; forms.py: every form;
+sharing.py: ACL grants; checks.py: connectivity test / validation calls; discovery.py: GET {base}/models.
+"""
+from .aimodel import AIModelAdmin
+from .provider import ProviderAdmin
+
+__all__ = ["AIModelAdmin", "ProviderAdmin"]
