@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
 from django.db import transaction
 from django.utils import timezone
 
@@ -15,21 +16,31 @@ from .masking import last4_of, mask
 from .models import TenantCredential
 from .provider_rules import normalise_provider_type, requirements_for
 
-_url = URLValidator(schemes=["http", "https"])
 
 KEEP = object()  # admin edits: "keep the stored extra settings"
 
 
 def endpoint_validate(endpoint: str) -> str:
+    """A clean http(s) base URL, or "" for none. Single-label hosts (http://vllm:8000/v1) are fine;
+    credentials in the URL are not (they would be stored and shown in clear)."""
     endpoint = (endpoint or "").strip()
     if not endpoint:
         return ""
+    invalid = ValidationError({"endpoint": "Enter a valid http(s) URL, e.g. https://api.example.org/v1."})
+    if len(endpoint) > 500 or any(ch.isspace() or ord(ch) < 32 for ch in endpoint):
+        raise invalid
     try:
-        _url(endpoint)
-    except ValidationError:
-        raise ValidationError({"endpoint": "Enter a valid http(s) URL."}) from None
-    if "@" in endpoint.split("//", 1)[-1].split("/", 1)[0]:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise invalid from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise invalid
+    if "@" in parts.netloc:
         raise ValidationError({"endpoint": "The URL must not contain credentials (user:password@host)."})
+    if parts.query or parts.fragment:
+        raise ValidationError({"endpoint": "The URL must not contain a query string or fragment; keys go in the "
+                                           "key field, never in the URL."})
     return endpoint.rstrip("/")
 
 

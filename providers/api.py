@@ -57,6 +57,7 @@ class Scope(StrEnum):
     CREATE = "aiProviders:CreateAiProvider"
     UPDATE = "aiProviders:UpdateAiProvider"
     DELETE = "aiProviders:DeleteAiProvider"
+    USAGE = "usage:ReadUsage"
 
 
 @dataclass(frozen=True)

@@ -280,3 +280,54 @@ def provider_key_get(*, provider: Provider, key_id: int) -> ProviderKey:
     if key is None:
         raise NotFound(f"Key {key_id} of provider {provider.public_id} not found.")
     return key
+
+
+# --- Usage ----------------------------------------------------------------------------------------------
+
+def usage_list(*, principal: Principal, tenant_id=None, since=None, until=None, model: str | None = None,
+               provider_id: str | None = None, status: str | None = None, streamed: bool | None = None,
+               api_key_prefix: str | None = None):
+    """Usage records the principal may read: a tenant key its own tenant's, a sysadmin any (or one tenant's)."""
+    from .models import UsageRecord
+
+    qs = UsageRecord.objects.select_related("model", "provider", "api_key")
+    if principal.is_sysadmin:
+        if tenant_id is not None:
+            qs = qs.filter(tenant_id=tenant_id)
+    elif principal.user is None:
+        qs = qs.filter(tenant=principal.tenant)
+    else:
+        qs = qs.filter(tenant__in=_member_tenants(principal.user, admin_only=True))
+    if since is not None:
+        qs = qs.filter(created_at__gte=since)
+    if until is not None:
+        qs = qs.filter(created_at__lt=until)
+    if model:
+        qs = qs.filter(Q(requested_model=model) | Q(model__model_id=model) | Q(model__alias=model))
+    if provider_id:
+        qs = qs.filter(provider__public_id=provider_id)
+    if status:
+        qs = qs.filter(status=status)
+    if streamed is not None:
+        qs = qs.filter(streamed=streamed)
+    if api_key_prefix:
+        qs = qs.filter(api_key__prefix=api_key_prefix)
+    return qs.order_by("-created_at", "-id")
+
+
+def usage_summary(qs) -> list[dict]:
+    """Totals per requested model over a usage queryset: calls, errors, tokens, cost, mean latency."""
+    from decimal import Decimal
+
+    from django.db.models import Avg, Sum
+
+    rows = list(
+        qs.order_by().values("requested_model").annotate(
+            calls=Count("id"), errors=Count("id", filter=Q(status="error")), tokens_in=Sum("tokens_in"),
+            tokens_out=Sum("tokens_out"), cost=Sum("cost"), mean_latency_ms=Avg("latency_ms"),
+        ).order_by("requested_model")
+    )
+    for row in rows:
+        row["cost"] = Decimal(row["cost"] or 0).quantize(Decimal("0.00000001"))
+        row["mean_latency_ms"] = round(float(row["mean_latency_ms"] or 0), 1)
+    return rows

@@ -120,6 +120,7 @@ API_KEY_SCOPES = (
     ("aiProviders:UpdateAiProvider", "Change AI providers"),
     ("aiProviders:DeleteAiProvider", "Delete AI providers"),
     ("gateway:Use", "Call models through the /v1 gateway"),
+    ("usage:ReadUsage", "Read the tenant's usage records (/api/v1/usage)"),
     ("*", "Everything (all scopes, present and future)"),
 )
 

@@ -5,5 +5,6 @@ sharing.py: ACL grants; checks.py: connectivity test / validation calls; discove
 """
 from .aimodel import AIModelAdmin
 from .provider import ProviderAdmin
+from .usage import UsageRecordAdmin
 
-__all__ = ["AIModelAdmin", "ProviderAdmin"]
+__all__ = ["AIModelAdmin", "ProviderAdmin", "UsageRecordAdmin"]

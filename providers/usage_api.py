@@ -1,0 +1,93 @@
+"""REST: usage records and totals (GET /api/v1/usage, GET /api/v1/usage/summary).
+
+A tenant API key with the scope usage:ReadUsage reads its own tenant's usage; the super key reads every
+tenant's (optionally one, with tenant_id). Records never hold a key or a prompt.
+"""
+from datetime import datetime
+from decimal import Decimal
+from typing import Optional
+from uuid import UUID
+
+from ninja import Field, FilterSchema, Query, Router, Schema
+from ninja.pagination import LimitOffsetPagination, paginate
+
+from tenants.auth import tenant_key_auth
+from tenants.schemas import ErrorOut
+
+from . import selectors
+from .api import Scope, _caller
+
+router = Router(tags=["usage"], auth=tenant_key_auth)
+
+
+class UsageFilters(FilterSchema):
+    tenant_id: Optional[UUID] = Field(None, description="Sysadmin only: one tenant's usage.")
+    since: Optional[datetime] = Field(None, description="From this time (inclusive, ISO 8601).")
+    until: Optional[datetime] = Field(None, description="Up to this time (exclusive).")
+    model: Optional[str] = Field(None, description="Requested name, model id or alias.", max_length=200)
+    provider_id: Optional[str] = Field(None, description="A provider's public id (aip_...).", max_length=40)
+    status: Optional[str] = Field(None, description="ok or error.", pattern="^(ok|error)$")
+    streamed: Optional[bool] = None
+    api_key_prefix: Optional[str] = Field(None, description="Only calls made with this API key.", max_length=16)
+
+
+class UsageOut(Schema):
+    id: int
+    created_at: datetime
+    requested_model: str
+    model_id: Optional[str] = Field(None, description="The provider-side model that served the call.")
+    provider_id: Optional[str] = Field(None, description="The provider's public id.")
+    api_key_prefix: Optional[str] = None
+    endpoint: str
+    tokens_in: int
+    tokens_out: int
+    cost: Decimal
+    latency_ms: int
+    ttft_ms: Optional[int] = Field(None, description="Time to first token (streamed calls).")
+    status: str
+    http_status: int
+    error_type: str
+    streamed: bool
+
+    @staticmethod
+    def resolve_model_id(obj):
+        return obj.model.model_id if obj.model_id else None
+
+    @staticmethod
+    def resolve_provider_id(obj):
+        return obj.provider.public_id if obj.provider_id else None
+
+    @staticmethod
+    def resolve_api_key_prefix(obj):
+        return obj.api_key.prefix if obj.api_key_id else None
+
+
+class UsageTotalOut(Schema):
+    requested_model: str
+    calls: int
+    errors: int
+    tokens_in: int
+    tokens_out: int
+    cost: Decimal
+    mean_latency_ms: float
+
+
+def _records(request, filters: UsageFilters):
+    caller = _caller(request, Scope.USAGE)
+    data = filters.model_dump()
+    if not caller.principal.is_sysadmin:
+        data["tenant_id"] = None
+    return selectors.usage_list(principal=caller.principal, **data)
+
+
+@router.get("", response={200: list[UsageOut], 401: ErrorOut, 403: ErrorOut, 422: ErrorOut})
+@paginate(LimitOffsetPagination)
+def list_usage(request, filters: Query[UsageFilters]):
+    """Usage records, newest first, with filters."""
+    return _records(request, filters)
+
+
+@router.get("/summary", response={200: list[UsageTotalOut], 401: ErrorOut, 403: ErrorOut, 422: ErrorOut})
+def usage_summary(request, filters: Query[UsageFilters]):
+    """Totals per requested model (calls, errors, tokens, cost, mean latency) for the filtered records."""
+    return selectors.usage_summary(_records(request, filters))
