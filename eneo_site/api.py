@@ -4,6 +4,8 @@ from ninja import NinjaAPI
 from credentials.api import router as credentials_router
 from providers.api import router as ai_providers_router
 from providers.api import types_router as provider_types_router
+from providers.checks_api import router as checks_router
+from providers.checks_api import tasks_router
 from providers.usage_api import router as usage_router
 from tenants.api import router as tenant_api_keys_router
 
@@ -26,4 +28,6 @@ api.add_router("/sysadmin", credentials_router)
 api.add_router("/sysadmin", tenant_api_keys_router)
 api.add_router("/ai-providers", ai_providers_router)
 api.add_router("/provider-types", provider_types_router)
+api.add_router("/ai-providers", checks_router)
+api.add_router("/tasks", tasks_router)
 api.add_router("/usage", usage_router)

@@ -192,6 +192,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_q),
         "data_folder_processed": str(_p),
     }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Fail fast when Redis is down: callers then run the check inline (providers.checks) instead of hanging.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 10}
 # Task outcomes are stored in our own tables (never secrets); Celery's result backend is off by default.
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
 CELERY_TASK_IGNORE_RESULT = CELERY_RESULT_BACKEND is None
@@ -246,3 +249,15 @@ CATALOG_MAX_AGE_SECONDS = env.float("CATALOG_MAX_AGE_SECONDS", default=30.0)  # 
 USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.5)  # usage records are batched this long
 GATEWAY_GC_THRESHOLD = env.int("GATEWAY_GC_THRESHOLD", default=20000)  # gen-0 GC threshold in the server; 0 = default
 RATE_LIMIT_REDIS_URL = env.str("RATE_LIMIT_REDIS_URL", default="")  # shared rpm/concurrency limits; empty = per process
+
+# --- Checks and health (Celery) ------------------------------------------------------------------------
+HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=10.0)  # seconds per provider probe
+HEALTH_CHECK_CONCURRENCY = env.int("HEALTH_CHECK_CONCURRENCY", default=100)  # probes in flight per batch
+HEALTH_CHECK_BATCH_SIZE = env.int("HEALTH_CHECK_BATCH_SIZE", default=250)  # providers per fan-out task
+HEALTH_PROBE_MAX_TOKENS = env.int("HEALTH_PROBE_MAX_TOKENS", default=1)  # completion probes (no /models list)
+HEALTH_HISTORY_DAYS = env.int("HEALTH_HISTORY_DAYS", default=7)  # scheduled check rows kept
+CHECK_RETRY_BACKOFF = env.float("CHECK_RETRY_BACKOFF", default=5.0)  # seconds; doubled per retry (3 retries)
+PROVIDER_DISCOVERY_TIMEOUT = env.float("PROVIDER_DISCOVERY_TIMEOUT", default=5.0)  # GET {base}/models
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_TIMEOUT = 3
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -14,8 +14,16 @@ os.environ["ENV_FILE"] = "/nonexistent"  # never read a developer's .env in test
 from .settings import *  # noqa: E402,F401,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-CELERY_TASK_ALWAYS_EAGER = True
+CELERY_TASK_ALWAYS_EAGER = os.environ.get("TEST_CELERY_EAGER", "1") == "1"  # worker processes: 0
 CELERY_TASK_EAGER_PROPAGATES = True
-LOG_LEVEL = "DEBUG"
-LOGGING["root"]["level"] = "DEBUG"  # noqa: F405  (canary tests read DEBUG logs)
+LOG_LEVEL = os.environ.get("TEST_LOG_LEVEL", "DEBUG")
+LOGGING["root"]["level"] = LOG_LEVEL  # noqa: F405  (canary tests read DEBUG logs)
 LOGGING["loggers"]["asyncio"] = {"level": "WARNING"}  # noqa: F405
+
+# Worker tests run a real Celery worker in another process: it must see the test database, so SQLite tests
+# use a file (PostgreSQL tests use the server's test database anyway), and the broker is Redis when given.
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}  # noqa: F405
+if os.environ.get("REDIS_URL"):
+    CELERY_BROKER_URL = os.environ["REDIS_URL"]
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 10}

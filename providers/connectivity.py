@@ -27,6 +27,10 @@ class CheckOutcome:
     message: str
     latency_ms: int | None = None
     model_id: str | None = None
+    transient: bool = False  # worth retrying (429, 5xx, timeouts); never for a rejected key
+
+
+TRANSIENT_PREFIXES = ("Could not connect", "Rate limited", "Connection test failed")
 
 
 def litellm_model_name(provider: Provider, model_id: str) -> str:
@@ -102,7 +106,7 @@ def _record(provider: Provider, kind: str, outcome: CheckOutcome, *, model=None,
     check = check or ProviderCheck(provider=provider, model=model, tenant=tenant, kind=kind)
     check.state, check.ok, check.status = ProviderCheck.State.DONE, outcome.ok, outcome.status
     check.latency_ms, check.message, check.finished_at = outcome.latency_ms, outcome.message[:500], now
-    check.details = {"model_id": outcome.model_id} if outcome.model_id else {}
+    check.details = {**(check.details or {}), "model_id": outcome.model_id}
     check.save()
     if update_health and tenant is None:
         Provider.objects.filter(pk=provider.pk).update(
@@ -138,7 +142,8 @@ def provider_test(*, provider: Provider, tenant=None, check: ProviderCheck | Non
             break
         except Exception as exc:  # noqa: BLE001 - every failure is reported, masked
             status, message = classify_error(exc)
-            outcome = CheckOutcome(False, status, message, int((time.monotonic() - started) * 1000), model_id)
+            outcome = CheckOutcome(False, status, message, int((time.monotonic() - started) * 1000), model_id,
+                                   transient=message.startswith(TRANSIENT_PREFIXES))
             if message != "None of the test models could be found":
                 break
     _record(provider, ProviderCheck.Kind.TEST, outcome, tenant=tenant, check=check)
@@ -160,7 +165,8 @@ def model_validate(*, model: AIModel, tenant=None, check: ProviderCheck | None =
         status, message = classify_error(exc)
         if message == "None of the test models could be found":
             message = f"Model '{model.model_id}' was not found at the provider"
-        outcome = CheckOutcome(False, status, message, int((time.monotonic() - started) * 1000), model.model_id)
+        outcome = CheckOutcome(False, status, message, int((time.monotonic() - started) * 1000), model.model_id,
+                               transient=message.startswith(TRANSIENT_PREFIXES))
     _record(provider, ProviderCheck.Kind.VALIDATE, outcome, model=model, tenant=tenant, check=check,
             update_health=False)
     return outcome

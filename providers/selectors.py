@@ -331,3 +331,15 @@ def usage_summary(qs) -> list[dict]:
         row["cost"] = Decimal(row["cost"] or 0).quantize(Decimal("0.00000001"))
         row["mean_latency_ms"] = round(float(row["mean_latency_ms"] or 0), 1)
     return rows
+
+
+def check_get(*, principal: Principal, task_id: str):
+    """A check by task id, if its provider is visible to the principal (else NotFound)."""
+    from .models import ProviderCheck
+
+    check = (ProviderCheck.objects.select_related("provider", "model")
+             .filter(task_id=task_id[:64], provider__in=Provider.objects.filter(provider_visible_q(principal)))
+             .first() if task_id else None)
+    if check is None:
+        raise NotFound(f"Task {task_id[:64]} not found.")
+    return check

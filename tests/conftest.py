@@ -200,3 +200,151 @@ def openai_client(gateway, api_key, **kwargs):
     import openai
 
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key, max_retries=0, timeout=15, **kwargs)
+
+
+# --- Redis, a real Celery worker and beat ----------------------------------------------------------------
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _require(what: str):
+    """In CI (REQUIRE_SERVICES=1) a missing service fails the test; elsewhere it is skipped with the reason."""
+    if os.environ.get("REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{what} is required in CI but not available")
+    pytest.skip(f"{what} not available (install redis-server, or set REDIS_URL)")
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    import shutil
+    import subprocess
+    import time
+
+    import redis
+
+    url = os.environ.get("REDIS_URL")
+    proc = None
+    if not url:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            _require("Redis")
+        port = _free_port()
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        for _ in range(50):
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.ConnectionError:
+        _require(f"Redis at {url}")
+    yield url
+    if proc is not None:
+        proc.terminate()
+        proc.wait(5)
+
+
+def _test_database_url() -> str:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+class CeleryProcesses:
+    """A real worker (and optionally beat) in subprocesses, on Redis, against the test database."""
+
+    def __init__(self, redis_url, upstream_url):
+        self.redis_url, self.procs = redis_url, []
+        self.env = {
+            **os.environ, "DJANGO_SETTINGS_MODULE": "eneo_site.test_settings", "DATABASE_URL": _test_database_url(),
+            "CELERY_BROKER_URL": redis_url, "REDIS_URL": redis_url, "PROVIDER_TEST_TIMEOUT": "1.5",
+            "HEALTH_CHECK_TIMEOUT": "1.5", "CHECK_RETRY_BACKOFF": "0.2", "DB_POOL": "false",
+            "TEST_CELERY_EAGER": "0", "TEST_LOG_LEVEL": "INFO",
+        }
+        self.log = open(settings.VAR_DIR / "test-celery.log", "a")
+
+    def start(self, *args):
+        import subprocess
+        import sys
+
+        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "eneo_site", *args, "--loglevel", "INFO"],
+                                cwd=settings.BASE_DIR, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self):
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except Exception:  # noqa: BLE001
+                proc.kill()
+
+
+@pytest.fixture(scope="session")
+def celery_processes(redis_url, fake_upstream_server, django_db_setup, django_db_blocker):
+    import time
+
+    from eneo_site.celery import app
+
+    procs = CeleryProcesses(redis_url, fake_upstream_server.url)
+    worker = procs.start("worker", "--pool", "threads", "--concurrency", "4", "--without-gossip",
+                         "--without-mingle", "--without-heartbeat", "-n", "test-worker@%h")
+    previous = point_celery_at(redis_url, eager=False, transport_options={"socket_connect_timeout": 2})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if worker.poll() is not None:
+            pytest.fail("the Celery worker exited; see var/test-celery.log")
+        try:
+            if app.control.inspect(timeout=1).ping():
+                break
+        except Exception:  # noqa: BLE001
+            time.sleep(0.5)
+    else:
+        pytest.fail("the Celery worker did not answer within 60 s; see var/test-celery.log")
+    yield procs
+    procs.stop()
+    point_celery_at(*previous)
+
+
+def point_celery_at(url, eager, transport_options):
+    """Switch the test process's Celery app to another broker; returns the previous settings."""
+    from eneo_site.celery import app
+
+    previous = (app.conf.broker_url, app.conf.task_always_eager, app.conf.broker_transport_options)
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+    app.conf.broker_url, app.conf.task_always_eager = url, eager
+    app.conf.broker_transport_options = transport_options
+    return previous
+
+
+@pytest.fixture
+def worker(celery_processes, transactional_db, upstream):
+    """A live worker processing this test's committed data."""
+    return celery_processes
+
+
+def wait_for(predicate, timeout=20.0, interval=0.1):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")

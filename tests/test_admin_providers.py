@@ -270,21 +270,28 @@ def test_delete_with_models_shows_the_conflict_and_offers_force(admin_client):
     assert AuditEvent.objects.filter(action="provider.delete", source="admin").get().changes["models_deleted"] == 1
 
 
-def test_test_button_reports_a_closed_port(admin_client, settings):
+def test_test_button_reports_a_closed_port(admin_client, settings, django_capture_on_commit_callbacks):
     settings.PROVIDER_TEST_TIMEOUT = 2
     provider = make_provider(base_url=f"http://127.0.0.1:{closed_port()}/v1", provider_type="hosted_vllm")
     model = make_model(provider, model_id="served-model")
     assert admin_client.get(f"{LIST}{provider.pk}/test/").status_code == 405
-    response = admin_client.post(f"{LIST}{provider.pk}/test/", follow=True)
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        response = admin_client.post(f"{LIST}{provider.pk}/test/", follow=True)
     page = response.content.decode()
-    assert "Could not connect to the API" in page and "Last checks" in page
+    assert "queued" in page and '<meta http-equiv="refresh"' in page  # shown while the task runs
+    for callback in queued:
+        callback()  # the task runs (eagerly in tests; on a worker in production)
+    page = admin_client.get(f"{LIST}{provider.pk}/change/").content.decode()
+    assert "Could not connect to the API" in page and "Last checks" in page and 'http-equiv="refresh"' not in page
     check = ProviderCheck.objects.get(provider=provider, kind="test")
     assert not check.ok
     provider.refresh_from_db()
     assert provider.health_status == "down" and provider.health_error == "Could not connect to the API"
 
-    response = admin_client.post(f"{LIST}{provider.pk}/validate-model/", {"model": model.pk}, follow=True)
-    assert "Validation of served-model: Could not connect to the API" in response.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(f"{LIST}{provider.pk}/validate-model/", {"model": model.pk})
+    page = admin_client.get(f"{LIST}{provider.pk}/change/").content.decode()
+    assert "Model validation" in page and page.count("Could not connect to the API") >= 2
     assert ProviderCheck.objects.filter(model=model, kind="validate").count() == 1
 
 
@@ -343,7 +350,7 @@ def test_model_change_keeps_config_write_only(admin_client):
     assert "Must be a JSON object" in admin_client.post(url, data).content.decode()
 
 
-def test_model_add_validate_and_enable_for_tenant(admin_client, tenant, settings):
+def test_model_add_validate_and_enable_for_tenant(admin_client, tenant, settings, django_capture_on_commit_callbacks):
     settings.PROVIDER_TEST_TIMEOUT = 2
     provider = make_provider(base_url=f"http://127.0.0.1:{closed_port()}/v1", provider_type="hosted_vllm")
     response = admin_client.post(f"{MODELS}add/", {
@@ -355,8 +362,11 @@ def test_model_add_validate_and_enable_for_tenant(admin_client, tenant, settings
     assert model.model_config.reveal() == {"top_p": 0.5}
     assert AuditEvent.objects.filter(action="model.create", source="admin").exists()
 
-    response = admin_client.post(MODELS, {"action": "validate_selected", "_selected_action": [model.pk]}, follow=True)
-    assert "Could not connect to the API" in response.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(MODELS, {"action": "validate_selected", "_selected_action": [model.pk]},
+                                     follow=True)
+    assert "queued" in response.content.decode()
+    assert ProviderCheck.objects.get(model=model, kind="validate").message == "Could not connect to the API"
 
     response = admin_client.post(MODELS, {"action": "enable_for_tenant", "_selected_action": [model.pk]})
     assert response.status_code == 200 and "Acme Municipality" in response.content.decode()

@@ -150,10 +150,10 @@ class AIModelAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
                                    {**(extra_context or {}), **self.sharing_context(request, model)})
 
     def _validate(self, request, model):
-        outcome = run_model_validate(model)
+        outcome = run_model_validate(model, request)
         latency = f" ({outcome.latency_ms} ms)" if outcome.latency_ms is not None else ""
         self.message_user(request, f"Validation of {model.model_id} ({model.provider}): {outcome.message}{latency}",
-                          messages.SUCCESS if outcome.ok else messages.ERROR)
+                          outcome.level)
 
     def validate_view(self, request, object_id):
         if request.method != "POST":

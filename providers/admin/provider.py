@@ -13,9 +13,10 @@ from credentials.masking import mask_last4
 
 from .. import services
 from ..models import AIModel, Provider, ProviderKey
+from ..provider_types import get_spec
 from ..selectors import model_list, provider_can, provider_check_list, provider_search
 from .base import ScopedAdminMixin, actor_for, health_badge, principal_for
-from .checks import run_model_validate, run_provider_test
+from .checks import run_discovery, run_model_validate, run_provider_test
 from .forms import AIModelInlineForm, ProviderChangeForm, ProviderKeyInlineForm
 from .sharing import SharingAdminMixin
 from .wizard import ProviderWizard
@@ -158,6 +159,7 @@ class ProviderAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
         return [
             *self.wizard.get_urls(),
             path("<path:object_id>/test/", wrap(self.test_view), name="providers_provider_test"),
+            path("<path:object_id>/discover/", wrap(self.discover_view), name="providers_provider_discover"),
             path("<path:object_id>/validate-model/", wrap(self.validate_model_view),
                  name="providers_provider_validate_model"),
             *self.sharing_urls(),
@@ -171,8 +173,10 @@ class ProviderAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         provider = self.get_scoped_object(request, unquote(object_id))
-        extra_context = {**(extra_context or {}), **self.sharing_context(request, provider),
-                         "checks": provider_check_list(provider=provider)}
+        checks = provider_check_list(provider=provider)
+        extra_context = {**(extra_context or {}), **self.sharing_context(request, provider), "checks": checks,
+                         "checks_pending": any(c.state != "done" for c in checks),
+                         "lists_models": get_spec(provider.provider_type).lists_models}
         return super().change_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request, obj, form, change):
@@ -255,10 +259,18 @@ class ProviderAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         provider = self._object_for(request, object_id, "change")
-        outcome = run_provider_test(provider)
+        outcome = run_provider_test(provider, request)
         latency = f" ({outcome.latency_ms} ms)" if outcome.latency_ms is not None else ""
         self.message_user(request, f"Connection test: {outcome.message}{latency}",
-                          messages.SUCCESS if outcome.ok else messages.ERROR)
+                          outcome.level)
+        return self.change_redirect(provider)
+
+    def discover_view(self, request, object_id):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        provider = self._object_for(request, object_id, "change")
+        outcome = run_discovery(provider, request)
+        self.message_user(request, f"Model discovery: {outcome.message}", outcome.level)
         return self.change_redirect(provider)
 
     def validate_model_view(self, request, object_id):
@@ -270,7 +282,7 @@ class ProviderAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
         if model is None:
             self.message_user(request, "No such model.", messages.ERROR)
         else:
-            outcome = run_model_validate(model)
+            outcome = run_model_validate(model, request)
             self.message_user(request, f"Validation of {model.model_id}: {outcome.message}",
-                              messages.SUCCESS if outcome.ok else messages.ERROR)
+                              outcome.level)
         return self.change_redirect(provider)

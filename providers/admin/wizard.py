@@ -31,7 +31,7 @@ from ..provider_types import KnownModel, ProviderTypeSpec, all_specs, get_spec
 from ..selectors import favourite_provider_types, provider_tenant_choices
 from .base import actor_for, error_text, principal_for
 from .checks import run_provider_test
-from .discovery import discover_model_ids
+from ..discovery import discover_model_ids
 from .forms import WizardCredentialsForm, WizardModelsForm, WizardTypeForm
 
 SESSION_KEY = "providers_add_wizard"
@@ -325,7 +325,7 @@ class ProviderWizard:
         self.model_admin.log_addition(request, provider, [{"added": {}}])
         messages.success(request, f"The provider “{provider}” was added with {len(model_ids)} model(s).")
         if form.cleaned_data["test_after"]:
-            outcome = run_provider_test(provider)
-            messages.add_message(request, messages.SUCCESS if outcome.ok else messages.ERROR,
+            outcome = run_provider_test(provider, request)
+            messages.add_message(request, outcome.level,
                                  f"Connection test: {outcome.message}")
         return HttpResponseRedirect(reverse("admin:providers_provider_change", args=[provider.pk]))

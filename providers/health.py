@@ -1,0 +1,160 @@
+"""Health checks for many providers at once: concurrent, each bounded by HEALTH_CHECK_TIMEOUT, so one slow or
+dead provider never delays the others.
+
+Probes are cheap: servers that list their models get GET {base}/models (no tokens, no cost); the others get
+the smallest real call (an embedding of "test" for embedding-only providers, else a completion with
+HEALTH_PROBE_MAX_TOKENS, more for reasoning models, which fail on a 1-token budget).
+
+Status: a passing probe -> healthy; a failing one -> degraded, and down when it was already failing (two in a
+row). The gateway prefers healthy models of an alias.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import httpx
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from credentials.masking import mask_text, secret_scope
+from credentials.resolution import CredentialError, ResolvedCredential
+
+from .choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
+from .connectivity import classify_error, litellm_model_name
+from .discovery import _headers, models_url
+from .models import AIModel, Provider, ProviderCheck
+from .provider_types import get_spec
+
+
+@dataclass
+class Probe:
+    provider: Provider
+    cred: ResolvedCredential | None
+    error: str = ""  # set when there is nothing to probe with
+    model: AIModel | None = None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    status: str
+    message: str
+    latency_ms: int | None
+
+
+def _plan(provider: Provider) -> Probe:
+    from .services import provider_credential
+
+    try:
+        cred = provider_credential(provider=provider, tenant=provider.tenant)
+    except CredentialError as exc:
+        return Probe(provider, None, error=str(exc))
+    spec = get_spec(provider.provider_type)
+    if spec.lists_models and (cred.api_base or provider.base_url or spec.default_base_url):
+        return Probe(provider, cred)
+    models = list(provider.models.filter(status=ModelStatus.ACTIVE).order_by("model_type", "id")[:1])
+    if not models:
+        return Probe(provider, cred, error="No active model to probe with.")
+    return Probe(provider, cred, model=models[0])
+
+
+async def _probe(probe: Probe, client: httpx.AsyncClient) -> ProbeResult:
+    provider, cred = probe.provider, probe.cred
+    started = time.monotonic()
+    with secret_scope(cred.api_key):
+        try:
+            if probe.model is None:
+                base = cred.api_base or provider.base_url or get_spec(provider.provider_type).default_base_url
+                response = await client.get(models_url(provider.provider_type, base),
+                                            headers=_headers(provider.provider_type, cred.api_key or ""))
+                latency = int((time.monotonic() - started) * 1000)
+                if response.status_code in (401, 403):
+                    return ProbeResult(False, HealthStatus.DOWN, "Invalid API key", latency)
+                if response.status_code == 429:
+                    return ProbeResult(False, HealthStatus.DEGRADED, "Rate limited by the provider (429)", latency)
+                if response.status_code != 200:
+                    return ProbeResult(False, HealthStatus.DOWN, f"Model list answered HTTP {response.status_code}",
+                                       latency)
+                return ProbeResult(True, HealthStatus.HEALTHY, "OK (model list)", latency)
+            return await _probe_call(probe, started)
+        except (httpx.TimeoutException, asyncio.TimeoutError):
+            return ProbeResult(False, HealthStatus.DOWN, "Could not connect to the API (timeout)", None)
+        except httpx.HTTPError:
+            return ProbeResult(False, HealthStatus.DOWN, "Could not connect to the API", None)
+        except Exception as exc:  # noqa: BLE001 - every failure is a result, masked
+            status, message = classify_error(exc)
+            return ProbeResult(False, status, mask_text(message), int((time.monotonic() - started) * 1000))
+
+
+async def _probe_call(probe: Probe, started: float) -> ProbeResult:
+    import litellm
+
+    model, cred = probe.model, probe.cred
+    kwargs = {"model": litellm_model_name(probe.provider, model.model_id), "api_key": cred.api_key or "none",
+              "timeout": settings.HEALTH_CHECK_TIMEOUT, "num_retries": 0, "max_retries": 0}
+    if cred.api_base:
+        kwargs["api_base"] = cred.api_base
+    if cred.api_version:
+        kwargs["api_version"] = cred.api_version
+    if model.model_type == ModelType.EMBEDDING:
+        await litellm.aembedding(input=["test"], **kwargs)
+    else:
+        max_tokens = settings.PROBE_MAX_TOKENS_REASONING if model.supports_reasoning else settings.HEALTH_PROBE_MAX_TOKENS
+        await litellm.acompletion(messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens,
+                                  drop_params=True, **kwargs)
+    return ProbeResult(True, HealthStatus.HEALTHY, f"OK ({model.model_id})", int((time.monotonic() - started) * 1000))
+
+
+async def _run(probes: list[Probe]) -> list[ProbeResult]:
+    limit = asyncio.Semaphore(settings.HEALTH_CHECK_CONCURRENCY)
+    timeout = settings.HEALTH_CHECK_TIMEOUT
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False,
+                                 limits=httpx.Limits(max_connections=settings.HEALTH_CHECK_CONCURRENCY)) as client:
+
+        async def one(probe: Probe) -> ProbeResult:
+            if probe.error:
+                return ProbeResult(False, HealthStatus.UNKNOWN, probe.error, None)
+            async with limit:
+                try:
+                    return await asyncio.wait_for(_probe(probe, client), timeout + 1)
+                except asyncio.TimeoutError:
+                    return ProbeResult(False, HealthStatus.DOWN, "Could not connect to the API (timeout)", None)
+
+        return await asyncio.gather(*(one(p) for p in probes))
+
+
+def _next_status(previous: str, result: ProbeResult) -> str:
+    if result.ok or result.status == HealthStatus.UNKNOWN:
+        return result.status
+    if result.status == HealthStatus.DOWN and previous in (HealthStatus.DEGRADED, HealthStatus.DOWN):
+        return HealthStatus.DOWN
+    return HealthStatus.DEGRADED
+
+
+def health_check_providers(provider_ids: list[int]) -> dict:
+    """Probe these providers concurrently and store the outcome. Returns counts per status."""
+    providers = list(Provider.objects.filter(pk__in=provider_ids, status=ProviderStatus.ACTIVE)
+                     .select_related("tenant"))
+    probes = [_plan(p) for p in providers]
+    results = asyncio.run(_run(probes))
+    now = timezone.now()
+    counts: dict[str, int] = {}
+    checks = []
+    with transaction.atomic():
+        for provider, result in zip(providers, results):
+            status = _next_status(provider.health_status, result)
+            counts[status] = counts.get(status, 0) + 1
+            provider.health_status, provider.health_checked_at = status, now
+            provider.health_latency_ms = result.latency_ms
+            provider.health_error = "" if result.ok else result.message[:500]
+            checks.append(ProviderCheck(provider=provider, kind=ProviderCheck.Kind.HEALTH,
+                                        state=ProviderCheck.State.DONE, ok=result.ok, status=status,
+                                        latency_ms=result.latency_ms, message=result.message[:500],
+                                        finished_at=now))
+        Provider.objects.bulk_update(providers, ["health_status", "health_checked_at", "health_latency_ms",
+                                                 "health_error"], batch_size=500)
+        ProviderCheck.objects.bulk_create(checks, batch_size=500)
+    return counts

@@ -1,0 +1,53 @@
+"""Celery tasks: thin wrappers that load by id and call a service (arguments are ids, results are ignored)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from .checks import check_mark_retrying
+from .checks import check_run as check_run_service
+from .choices import ProviderStatus
+from .health import health_check_providers
+from .models import Provider, ProviderCheck
+from .provider_types import get_spec
+
+
+@shared_task(bind=True, max_retries=3, ignore_result=True)
+def check_run(self, check_id: int):
+    """A connectivity test, model validation or discovery. Transient failures (429, 5xx, timeouts) are retried
+    with exponential backoff; a rejected key is not."""
+    outcome = check_run_service(check_id, attempt=self.request.retries)
+    if outcome is not None and not outcome.ok and outcome.transient and self.request.retries < self.max_retries:
+        countdown = int(settings.CHECK_RETRY_BACKOFF * 2 ** self.request.retries)
+        check_mark_retrying(check_id, countdown)
+        raise self.retry(countdown=countdown)
+
+
+@shared_task(ignore_result=True)
+def health_checks_run():
+    """Scheduled (beat): fan out the active providers in batches; each batch probes concurrently."""
+    ids = list(Provider.objects.filter(status=ProviderStatus.ACTIVE).order_by("pk").values_list("pk", flat=True))
+    size = settings.HEALTH_CHECK_BATCH_SIZE
+    for start in range(0, len(ids), size):
+        health_check_batch.delay(ids[start:start + size])
+    cutoff = timezone.now() - timedelta(days=settings.HEALTH_HISTORY_DAYS)
+    ProviderCheck.objects.filter(kind=ProviderCheck.Kind.HEALTH, created_at__lt=cutoff).delete()
+    return len(ids)
+
+
+@shared_task(ignore_result=True)
+def health_check_batch(provider_ids: list[int]):
+    health_check_providers(provider_ids)
+
+
+@shared_task(ignore_result=True)
+def discovery_run_all():
+    """Scheduled (beat): discover models of every active provider whose server lists them."""
+    from .checks import check_start
+
+    for provider in Provider.objects.filter(status=ProviderStatus.ACTIVE):
+        if get_spec(provider.provider_type).lists_models:
+            check_start(kind=ProviderCheck.Kind.DISCOVER, provider=provider)
