@@ -253,7 +253,7 @@ RATE_LIMIT_REDIS_URL = env.str("RATE_LIMIT_REDIS_URL", default="")  # shared rpm
 # --- Checks and health (Celery) ------------------------------------------------------------------------
 HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=10.0)  # seconds per provider probe
 HEALTH_CHECK_CONCURRENCY = env.int("HEALTH_CHECK_CONCURRENCY", default=100)  # probes in flight per batch
-HEALTH_CHECK_BATCH_SIZE = env.int("HEALTH_CHECK_BATCH_SIZE", default=250)  # providers per fan-out task
+HEALTH_CHECK_BATCH_SIZE = env.int("HEALTH_CHECK_BATCH_SIZE", default=1000)  # providers per fan-out task
 HEALTH_PROBE_MAX_TOKENS = env.int("HEALTH_PROBE_MAX_TOKENS", default=1)  # completion probes (no /models list)
 HEALTH_HISTORY_DAYS = env.int("HEALTH_HISTORY_DAYS", default=7)  # scheduled check rows kept
 CHECK_RETRY_BACKOFF = env.float("CHECK_RETRY_BACKOFF", default=5.0)  # seconds; doubled per retry (3 retries)

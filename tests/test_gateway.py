@@ -38,9 +38,18 @@ def world(gateway, upstream, tenant, other_tenant):
     return {"key": key, "other_key": other, "openai": oa, "azure": az, "anthropic": an, "own": own}
 
 
-def usage_rows(gateway):
-    gateway.flush_usage()
-    return list(UsageRecord.objects.order_by("id"))
+def usage_rows(gateway, expected=1):
+    """The usage records, once `expected` of them were written (the last one may be finishing after the client
+    read the response)."""
+    import time
+
+    deadline = time.monotonic() + 5
+    while True:
+        gateway.flush_usage()
+        rows = list(UsageRecord.objects.order_by("id"))
+        if len(rows) >= expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
 
 
 def test_chat_completion_uses_provider_key_and_records_usage(gateway, upstream, world):
