@@ -29,6 +29,7 @@ def _tenant_or_404(tenant_id: UUID):
 def list_credentials(request, tenant_id: UUID):
     """List a tenant's credentials: masked key, status and non-secret fields. Never the key itself."""
     tenant = _tenant_or_404(tenant_id)
+    services.credential_list_viewed(actor=request.auth, tenant=tenant)
     rows = [
         {
             "provider": c.provider_type,

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import ipaddress
+import socket
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -41,7 +44,56 @@ def endpoint_validate(endpoint: str) -> str:
     if parts.query or parts.fragment:
         raise ValidationError({"endpoint": "The URL must not contain a query string or fragment; keys go in the "
                                            "key field, never in the URL."})
+    if settings.ENDPOINT_ALLOWED_HOSTS and _is_internal(parts.hostname) and not _allowed(parts.hostname):
+        raise ValidationError({"endpoint": f"'{parts.hostname}' is an internal address that is not in "
+                                           "ENDPOINT_ALLOWED_HOSTS. An operator must approve it there first."})
     return endpoint.rstrip("/")
+
+
+_INTERNAL_SUFFIXES = (".local", ".localhost", ".internal", ".lan", ".home.arpa", ".intranet", ".corp")
+
+
+def _addresses(host: str) -> list[ipaddress._BaseAddress]:
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []  # unresolvable here: judged by its name only
+    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+
+
+def _is_internal(host: str) -> bool:
+    """Loopback, private, link-local (cloud metadata), reserved addresses, and names that point there."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or "." not in name and ":" not in name or name.endswith(_INTERNAL_SUFFIXES):
+        return True
+    return any(a.is_private or a.is_loopback or a.is_link_local or a.is_reserved or a.is_multicast
+               or a.is_unspecified for a in _addresses(name))
+
+
+def _allowed(host: str) -> bool:
+    """ENDPOINT_ALLOWED_HOSTS entries: a host name, *.domain, or a network (10.0.0.0/8, 192.168.1.5)."""
+    name = host.lower().rstrip(".").strip("[]")
+    addresses = None
+    for entry in settings.ENDPOINT_ALLOWED_HOSTS:
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        if entry.startswith("*.") and (name.endswith(entry[1:]) or name == entry[2:]):
+            return True
+        if name == entry:
+            return True
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            continue
+        addresses = _addresses(name) if addresses is None else addresses
+        if addresses and all(a in network for a in addresses):
+            return True
+    return False
 
 
 def credential_check_input(
@@ -161,3 +213,8 @@ def credential_delete(*, actor: Actor, tenant: Tenant, provider_type: str) -> bo
 
 
 __all__ = ["credential_set", "credential_delete", "mask"]
+
+
+def credential_list_viewed(*, actor: Actor, tenant: Tenant) -> None:
+    """Record that someone listed a tenant's credentials (the sysadmin API's reads are audited too)."""
+    audit_record(actor=actor, action="credential.list", target=tenant, tenant=tenant, changes={})

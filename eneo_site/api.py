@@ -8,6 +8,7 @@ from providers.checks_api import router as checks_router
 from providers.checks_api import tasks_router
 from providers.usage_api import router as usage_router
 from tenants.api import router as tenant_api_keys_router
+from tenants.audit_api import router as audit_router
 
 from . import exceptions
 
@@ -31,3 +32,4 @@ api.add_router("/provider-types", provider_types_router)
 api.add_router("/ai-providers", checks_router)
 api.add_router("/tasks", tasks_router)
 api.add_router("/usage", usage_router)
+api.add_router("/audit-events", audit_router)

@@ -54,9 +54,12 @@ class Limiter:
         self.local = _Local()
         self._redis = None
         self._redis_down_until = 0.0
+        self._url = None
 
     def _client(self):
         url = settings.RATE_LIMIT_REDIS_URL
+        if url != self._url:  # configuration changed: start over
+            self._url, self._redis, self._redis_down_until = url, None, 0.0
         if not url or time.monotonic() < self._redis_down_until:
             return None
         if self._redis is None:

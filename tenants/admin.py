@@ -121,6 +121,7 @@ API_KEY_SCOPES = (
     ("aiProviders:DeleteAiProvider", "Delete AI providers"),
     ("gateway:Use", "Call models through the /v1 gateway"),
     ("usage:ReadUsage", "Read the tenant's usage records (/api/v1/usage)"),
+    ("audit:ReadAuditEvents", "Read the tenant's audit log (/api/v1/audit-events)"),
     ("*", "Everything (all scopes, present and future)"),
 )
 

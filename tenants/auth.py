@@ -49,3 +49,15 @@ class TenantKeyHeader(APIKeyHeader):
 
 
 tenant_key_auth = [TenantKeyBearer(), TenantKeyHeader()]
+
+
+def login_locked_out(request, credentials, *args, **kwargs):
+    """django-axes lockout response: 429 with a plain explanation (no account details)."""
+    from django.conf import settings
+    from django.http import HttpResponse
+
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    return HttpResponse(
+        f"Too many failed login attempts for this user from your address. Try again in {minutes} minutes, or ask "
+        "an administrator to reset the lockout (python manage.py axes_reset_username <name>).",
+        status=429, content_type="text/plain; charset=utf-8", headers={"Retry-After": str(minutes * 60)})

@@ -16,3 +16,24 @@ def tenants_for_user(user):
     if user.is_superuser:
         return Tenant.objects.all()
     return Tenant.objects.filter(memberships__user=user)
+
+
+def audit_list(*, tenant=None, all_tenants: bool = False, action=None, actor=None, target_type=None,
+               target_id=None, source=None, since=None, until=None):
+    """Audit events: one tenant's (a tenant admin's view), or all (`all_tenants`, sysadmins), newest first."""
+    from .models import AuditEvent
+
+    qs = AuditEvent.objects.select_related("tenant")
+    if not all_tenants:
+        qs = qs.filter(tenant=tenant)
+    elif tenant is not None:
+        qs = qs.filter(tenant=tenant)
+    for field, value in (("action", action), ("actor", actor), ("target_type", target_type),
+                         ("target_id", target_id), ("source", source)):
+        if value:
+            qs = qs.filter(**{field: value})
+    if since is not None:
+        qs = qs.filter(created_at__gte=since)
+    if until is not None:
+        qs = qs.filter(created_at__lt=until)
+    return qs.order_by("-created_at", "-id")

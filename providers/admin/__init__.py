@@ -5,6 +5,7 @@ sharing.py: ACL grants; checks.py: connectivity test / validation calls; discove
 """
 from .aimodel import AIModelAdmin
 from .provider import ProviderAdmin
+from .schedules import PeriodicTaskAdmin
 from .usage import UsageRecordAdmin
 
-__all__ = ["AIModelAdmin", "ProviderAdmin", "UsageRecordAdmin"]
+__all__ = ["AIModelAdmin", "PeriodicTaskAdmin", "ProviderAdmin", "UsageRecordAdmin"]
