@@ -14,7 +14,6 @@ filter); the catalog only memoises its answer per tenant.
 """
 from __future__ import annotations
 
-import hmac
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,10 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 from django.db.models import Max
-from django.utils import timezone
 
 from credentials.models import TenantCredential
 from credentials.provider_rules import ALIASES, provider_types
-from tenants.api_keys import KEY_PREFIX, _digest
+from tenants.api_keys import api_key_match
 from tenants.models import AuditEvent, Tenant, TenantApiKey
 
 from .choices import HealthStatus
@@ -57,18 +55,7 @@ class Snapshot:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def authenticate(self, token: str | None) -> TenantApiKey | None:
-        if not token or not token.startswith(KEY_PREFIX):
-            return None
-        try:
-            prefix, secret = token[len(KEY_PREFIX):].split("_", 1)
-        except ValueError:
-            return None
-        key = self.keys.get(prefix)
-        if key is None or not hmac.compare_digest(key.digest, _digest(secret)):
-            return None
-        if key.expires_at is not None and key.expires_at <= timezone.now():
-            return None
-        return key
+        return api_key_match(token, self.keys.get)
 
     def tenant_models(self, tenant: Tenant) -> TenantModels:
         """Usable models of a tenant (computed in a worker thread the first time; see `ensure_tenant`)."""

@@ -51,22 +51,30 @@ def api_key_revoke(*, actor: Actor, api_key: TenantApiKey) -> TenantApiKey:
     return api_key
 
 
-def api_key_check(presented: str | None) -> TenantApiKey | None:
-    """The active, unexpired key matching `presented` (with its tenant loaded), or None."""
+def api_key_match(presented: str | None, lookup) -> TenantApiKey | None:
+    """The active, unexpired key matching `presented`; `lookup(prefix)` finds the stored key (database or cache)."""
     if not presented or not presented.startswith(KEY_PREFIX):
         return None
-    try:
-        prefix, secret = presented[len(KEY_PREFIX):].split("_", 1)
-    except ValueError:
+    prefix, _, secret = presented[len(KEY_PREFIX):].partition("_")
+    if not secret:
         return None
-    key = TenantApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
+    key = lookup(prefix)
     if key is None or not hmac.compare_digest(key.digest, _digest(secret)):
         return None
     if not key.is_active or not key.tenant.is_active:
         return None
-    now = timezone.now()
-    if key.expires_at is not None and key.expires_at <= now:
+    if key.expires_at is not None and key.expires_at <= timezone.now():
         return None
+    return key
+
+
+def api_key_check(presented: str | None) -> TenantApiKey | None:
+    """The active, unexpired key matching `presented` (with its tenant loaded), or None. Notes its use."""
+    key = api_key_match(presented, lambda prefix: TenantApiKey.objects.select_related("tenant").filter(
+        prefix=prefix).first())
+    if key is None:
+        return None
+    now = timezone.now()
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:  # at most one write a minute
         TenantApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key

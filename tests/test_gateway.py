@@ -145,6 +145,7 @@ def test_strict_mode_without_credential_is_a_clear_error(gateway, upstream, worl
     ("status", {"status": 500}, openai.APIStatusError, 502),
     ("malformed", {}, openai.APIStatusError, 502),
     ("timeout", {"seconds": 3}, openai.APIStatusError, 504),
+    ("close", {}, openai.APIStatusError, 502),
 ])
 def test_upstream_failures_map_to_statuses(gateway, upstream, world, settings, fault, opts, error, status):
     settings.GATEWAY_TIMEOUT = 0.5
