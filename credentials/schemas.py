@@ -6,8 +6,10 @@ from uuid import UUID
 
 from ninja import Field, Schema
 
+from tenants.schemas import ErrorOut, NoNulIn  # noqa: F401  (ErrorOut: the REST API's one error shape)
 
-class CredentialIn(Schema):
+
+class CredentialIn(NoNulIn):
     api_key: str = Field(..., description="The provider API key. Stored encrypted; never returned.", max_length=4096)
     endpoint: Optional[str] = Field(None, description="Base URL (required for azure).", max_length=500)
     api_version: Optional[str] = Field(None, description="API version (required for azure).", max_length=50)
@@ -46,6 +48,3 @@ class CredentialDeleteOut(Schema):
     deleted: bool
     message: str
 
-
-class ErrorOut(Schema):
-    detail: Any

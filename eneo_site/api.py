@@ -9,10 +9,18 @@ from providers.checks_api import tasks_router
 from providers.usage_api import router as usage_router
 from tenants.api import router as tenant_api_keys_router
 from tenants.audit_api import router as audit_router
+from tenants.parsers import JsonParser
 
 from . import exceptions
 
-api = NinjaAPI(
+class RestApi(NinjaAPI):
+    """Its OpenAPI schema also names the errors every operation with a body can answer (exceptions.BODY_ERRORS)."""
+
+    def get_openapi_schema(self, *args, **kwargs):
+        return exceptions.document_common_errors(super().get_openapi_schema(*args, **kwargs))
+
+
+api = RestApi(
     title="Eneo LLM gateway API",
     version="1.0.0",
     description=(
@@ -23,6 +31,7 @@ api = NinjaAPI(
     ),
     docs_decorator=staff_member_required,
     urls_namespace="api-v1",
+    parser=JsonParser(),
 )
 exceptions.install(api)
 api.add_router("/sysadmin", credentials_router)

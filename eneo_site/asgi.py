@@ -9,6 +9,10 @@ Two lanes:
   batches) manage their own connections.
 - Everything else (admin, REST API) goes through Django's normal handler. Static admin assets are served by
   Django's staticfiles handler, which only intercepts STATIC_URL paths.
+
+Both lanes sit behind BodyLimit: Django's ASGI handler spools a whole request body to disk before anything
+looks at it, and then checks DATA_UPLOAD_MAX_MEMORY_SIZE against the Content-Length header only (a chunked body
+has none, so it passed whatever its size).
 """
 import asyncio
 import os
@@ -19,10 +23,13 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eneo_site.settings")
 django_application = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
 from django.core.exceptions import DisallowedHost, RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.http import HttpResponse, JsonResponse  # noqa: E402
 from django.urls import Resolver404, resolve  # noqa: E402
+
+from .exceptions import too_large_message  # noqa: E402
 
 FAST_PREFIX = "/v1/"
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
@@ -95,14 +102,63 @@ class Router:
         return await self.default(scope, receive, send)
 
 
+class BodyLimit:
+    """ASGI middleware: a request body larger than DATA_UPLOAD_MAX_MEMORY_SIZE is answered 413 (JSON) at once
+    when its Content-Length says so, and as soon as it passes the limit when it is sent chunked: the app then
+    sees a client disconnect and never gets the body. (The app gets no file uploads, so the limit is the one
+    Django applies to everything else.)"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if scope["type"] != "http" or limit is None:
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            return await self._too_large(scope, send)
+        received, exceeded, started = 0, False, False
+
+        async def limited_receive():
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, limited_receive, tracked_send)
+        if exceeded and not started:
+            await self._too_large(scope, send)
+
+    @staticmethod
+    async def _too_large(scope, send):
+        if scope["path"].startswith(FAST_PREFIX):
+            response = _error(413, too_large_message(), "request_too_large")
+        else:
+            response = JsonResponse({"detail": too_large_message()}, status=413)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(response.content)).encode()),
+                   (b"connection", b"close"), *((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": response.content})
+
+
 def _warm_up():
     """Import LiteLLM now (not on the first request), then move everything loaded so far out of the cyclic
     garbage collector's way: with gc.freeze() and a larger first-generation threshold, collections run less
     often over far fewer objects (about 10 % less CPU per gateway call). GATEWAY_GC_THRESHOLD=0 keeps Python's
     defaults."""
     import gc
-
-    from django.conf import settings
 
     import providers.completion  # noqa: F401  (imports litellm)
 
@@ -113,4 +169,4 @@ def _warm_up():
 
 
 _warm_up()
-application = Router(ASGIStaticFilesHandler(django_application), GatewayLane())
+application = BodyLimit(Router(ASGIStaticFilesHandler(django_application), GatewayLane()))

@@ -132,10 +132,10 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'd
 # leak: PostgreSQL uses psycopg's connection pool instead (DB_POOL_MAX_SIZE connections per process).
 if "postgresql" in DATABASES["default"]["ENGINE"] and env.bool("DB_POOL", default=True):
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    from psycopg_pool import ConnectionPool
-
+    # CONN_HEALTH_CHECKS makes Django give the pool a connection check: one killed by a database restart is
+    # replaced on checkout.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "check": ConnectionPool.check_connection,  # a connection killed by a database restart is replaced
         "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
         "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
         "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
@@ -267,6 +267,8 @@ CATALOG_REFRESH_SECONDS = env.float("CATALOG_REFRESH_SECONDS", default=1.0)  # h
 CATALOG_MAX_AGE_SECONDS = env.float("CATALOG_MAX_AGE_SECONDS", default=30.0)  # full reload (health updates)
 USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.5)  # usage records are batched this long
 GATEWAY_GC_THRESHOLD = env.int("GATEWAY_GC_THRESHOLD", default=20000)  # gen-0 GC threshold in the server; 0 = default
+GATEWAY_BREAKER_FAILURES = env.int("GATEWAY_BREAKER_FAILURES", default=5)  # consecutive failures; 0 = off
+GATEWAY_BREAKER_SECONDS = env.float("GATEWAY_BREAKER_SECONDS", default=30.0)  # pause before one trial call
 RATE_LIMIT_REDIS_URL = env.str("RATE_LIMIT_REDIS_URL", default="")  # shared rpm/concurrency limits; empty = per process
 
 # --- Checks and health (Celery) ------------------------------------------------------------------------

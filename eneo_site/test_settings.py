@@ -23,7 +23,7 @@ LOGGING["loggers"]["asyncio"] = {"level": "WARNING"}  # noqa: F405
 # Worker tests run a real Celery worker in another process: it must see the test database, so SQLite tests
 # use a file (PostgreSQL tests use the server's test database anyway), and the broker is Redis when given.
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}  # noqa: F405
 if os.environ.get("REDIS_URL"):
     CELERY_BROKER_URL = os.environ["REDIS_URL"]
     CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 10}

@@ -15,11 +15,12 @@ from django.http import HttpRequest
 from ninja import Query, Router, Status
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.pagination import paginate
 
 from credentials.provider_rules import UnknownProviderType, normalise_provider_type
 from tenants.actors import Actor
 from tenants.auth import tenant_key_auth
+from tenants.pagination import Pagination
 from tenants.models import Tenant, TenantApiKey
 from tenants.schemas import ErrorOut
 from tenants.selectors import tenant_get
@@ -143,7 +144,7 @@ router = Router(tags=["ai providers"], auth=tenant_key_auth)
 
 
 @router.get("", response={200: list[ProviderOut], **ERRORS})
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_providers(request, filters: Query[ProviderFilters]):
     """Providers the caller may see, by name. Scope: aiProviders:ListAiProviders.
 
@@ -221,7 +222,7 @@ def delete_provider(request, provider_id: str, force: bool = False):
 # --- /ai-providers/{id}/models -----------------------------------------------------------------------------
 
 @router.get("/{provider_id}/models", response={200: list[ModelOut], **ERRORS})
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_models(request, provider_id: str):
     """The provider's models the caller may see. Scope: aiProviders:GetAiProvider."""
     caller = _caller(request, Scope.GET)
@@ -297,7 +298,7 @@ def disable_model_for_tenant(request, provider_id: str, model_pk: int, tenant_id
 # --- /ai-providers/{id}/keys -------------------------------------------------------------------------------
 
 @router.get("/{provider_id}/keys", response={200: list[KeyOut], **ERRORS})
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_keys(request, provider_id: str):
     """The provider's API keys, masked ('...abcd'); active and newest first. Scope: aiProviders:GetAiProvider."""
     caller = _caller(request, Scope.GET)

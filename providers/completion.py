@@ -31,6 +31,7 @@ from tenants.models import Tenant, TenantApiKey
 
 from .catalog import Snapshot, catalog, split_prefix
 from .choices import ModelType
+from .breaker import breaker
 from .limits import limiter
 from .models import AIModel
 from .provider_types import get_spec
@@ -219,6 +220,12 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call):
     """Try candidates in order; `call(model, params)` does the upstream call. Returns (model, result)."""
     first_error: GatewayError | None = None
     for model in candidates:
+        if not breaker.allows(model.provider_id):
+            first_error = first_error or GatewayError(
+                503, f"The provider of '{model.alias or model.model_id}' is failing; calls to it are paused for "
+                     f"up to {settings.GATEWAY_BREAKER_SECONDS:g} s.", type_="api_error", code="provider_paused",
+                retry_after=int(settings.GATEWAY_BREAKER_SECONDS))
+            continue
         denied = await limiter.acquire(model.provider)
         if denied is not None:
             first_error = first_error or GatewayError(429, f"Too many requests: {denied.reason}.",
@@ -234,11 +241,15 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call):
             params = _call_params(model, cred)
             with secret_scope(cred.api_key):
                 try:
-                    return model, await call(model, params)
+                    result = await call(model, params)
+                    breaker.success(model.provider_id)
+                    return model, result
                 except GatewayError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped, masked, maybe failed over
                     error, retryable = _map_upstream(exc, model)
+                    if error.status >= 500:
+                        breaker.failure(model.provider_id)
                     log.info("gateway: %s via provider %s failed: %s", model.model_id, model.provider_id,
                              error.code)
                     if not retryable:

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, StreamingHttpResponse
 from ninja import NinjaAPI, Schema
+from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from tenants.parsers import JsonParser, body_error
 
 from .catalog import catalog
 from .completion import Caller, GatewayError, chat_completion, embeddings, models_for
@@ -29,12 +33,23 @@ openai_api = NinjaAPI(
                 "Authenticate with `Authorization: Bearer <tenant API key>`.",
     urls_namespace="openai-v1",
     docs_url="/docs",
+    parser=JsonParser(),
 )
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters are not allowed.")
+    return value
+
+
+ModelName = Annotated[str, StringConstraints(max_length=300), AfterValidator(_no_nul)]
 
 
 class ChatCompletionIn(BaseModel):  # pydantic, not ninja's Schema: extra fields pass through
     model_config = ConfigDict(extra="allow")
-    model: str = Field(..., description="An alias, a model id, or <provider>/<model id> (azure/..., openai/...).")
+    model: ModelName = Field(..., description="An alias, a model id, or <provider>/<model id> (azure/..., "
+                                              "openai/...).")
     messages: list[dict[str, Any]] = Field(..., description="The conversation, as in OpenAI's API.")
     stream: Optional[bool] = Field(False, description="Stream the answer as server-sent events.")
     max_tokens: Optional[int] = None
@@ -43,12 +58,49 @@ class ChatCompletionIn(BaseModel):  # pydantic, not ninja's Schema: extra fields
 
 class EmbeddingIn(BaseModel):
     model_config = ConfigDict(extra="allow")
-    model: str
+    model: ModelName
     input: Union[str, list[str], list[int], list[list[int]]]
 
 
+class ErrorDetail(Schema):
+    message: str
+    type: str = Field(..., description="invalid_request_error, permission_error, rate_limit_error, api_error, ...")
+    param: Optional[str] = Field(None, description="The request field at fault, if any.")
+    code: Optional[str] = Field(None, description="e.g. invalid_api_key, model_not_found, request_too_large.")
+
+
 class ErrorBody(Schema):
-    error: dict[str, Any]
+    """OpenAI's error shape."""
+
+    error: ErrorDetail
+
+
+class ChatCompletionOut(Schema):
+    """OpenAI's chat.completion object (fields beyond these pass through from the provider)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: str = Field(..., description="chat.completion")
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: Optional[dict[str, Any]] = None
+
+
+class EmbeddingOut(Schema):
+    model_config = ConfigDict(extra="allow")
+    object: str = Field(..., description="embedding")
+    index: int
+    embedding: Union[list[float], str] = Field(..., description="Floats, or a base64 string "
+                                                                 "(encoding_format=base64).")
+
+
+class EmbeddingListOut(Schema):
+    model_config = ConfigDict(extra="allow")
+    object: str = Field(..., description="list")
+    data: list[EmbeddingOut]
+    model: str
+    usage: Optional[dict[str, Any]] = None
 
 
 class ModelOut(Schema):
@@ -91,9 +143,18 @@ def on_invalid(request, exc: NinjaValidationError):
     return _error(400, "Invalid request: " + "; ".join(parts), "invalid_request_error")
 
 
+@openai_api.exception_handler(HttpError)
+def on_http_error(request, exc: HttpError):
+    """ninja's own errors (e.g. a body that is not JSON), in OpenAI's shape."""
+    status, message = body_error(exc) or (exc.status_code, str(exc))
+    code = {413: "request_too_large", 415: "unsupported_media_type"}.get(status)
+    return _error(status, message, "invalid_request_error" if status < 500 else "api_error", code)
+
+
 @openai_api.exception_handler(RequestDataTooBig)
 def on_too_big(request, exc):
-    return _error(413, "The request body is too large.", "invalid_request_error", "request_too_large")
+    return _error(413, f"The request body is too large: at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+                  "invalid_request_error", "request_too_large")
 
 
 @openai_api.exception_handler(Exception)
@@ -120,11 +181,19 @@ async def authenticate(request) -> Caller:
     return Caller(tenant=tenant, api_key=key, snapshot=snapshot)
 
 
-ERRORS = {400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 429: ErrorBody, 502: ErrorBody,
-          503: ErrorBody, 504: ErrorBody}
+ERRORS = {400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 413: ErrorBody, 415: ErrorBody,
+          429: ErrorBody, 502: ErrorBody, 503: ErrorBody, 504: ErrorBody}
 
 
-@openai_api.post("/chat/completions", response={200: dict, **ERRORS}, tags=["openai"])
+# stream=true answers server-sent events; `itemSchema` (OpenAPI 3.2) describes one event.
+SSE = {"responses": {200: {"content": {"text/event-stream": {"itemSchema": {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "A chat.completion.chunk object as JSON; the last "
+                                                               "event is `[DONE]`."}}}}}}}}
+
+
+@openai_api.post("/chat/completions", response={200: ChatCompletionOut, **ERRORS}, tags=["openai"],
+                 openapi_extra=SSE)
 async def create_chat_completion(request, payload: ChatCompletionIn):
     """Create a chat completion (non-streaming JSON, or SSE when `stream` is true), as OpenAI's API does."""
     caller = await authenticate(request)
@@ -137,7 +206,7 @@ async def create_chat_completion(request, payload: ChatCompletionIn):
     return response
 
 
-@openai_api.post("/embeddings", response={200: dict, **ERRORS}, tags=["openai"])
+@openai_api.post("/embeddings", response={200: EmbeddingListOut, **ERRORS}, tags=["openai"])
 async def create_embedding(request, payload: EmbeddingIn):
     """Create embeddings for a string or a list of strings."""
     caller = await authenticate(request)

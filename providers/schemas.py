@@ -12,9 +12,10 @@ from typing import Any, Optional
 from uuid import UUID
 
 from ninja import Field, Schema
-from pydantic import ConfigDict, field_validator
+from pydantic import ConfigDict
 
 from credentials.masking import mask_last4
+from tenants.schemas import NoNulIn
 
 from .choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
 
@@ -34,17 +35,10 @@ def _four_places(value: Decimal | None) -> Decimal | None:
     return None if value is None else Decimal(value).quantize(Decimal("0.0001"))
 
 
-class InSchema(Schema):
-    """Base of request bodies: unknown fields and NUL characters are rejected with a 422."""
+class InSchema(NoNulIn):
+    """Base of request bodies: unknown fields and NUL characters (nested ones included) are rejected with a 422."""
 
     model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*")
-    @classmethod
-    def _no_nul(cls, value):
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("NUL characters are not allowed.")
-        return value
 
 
 # --- Provider types (registry) -----------------------------------------------------------------------------
@@ -209,7 +203,7 @@ class ProviderPatch(_ProviderFields):
     instance_wide: Optional[bool] = None
 
 
-class ProviderFilters(Schema):
+class ProviderFilters(NoNulIn):
     provider_type: Optional[str] = Field(None, max_length=64, description="Only this type (vllm = hosted_vllm).")
     status: Optional[ProviderStatus] = None
     health_status: Optional[HealthStatus] = None

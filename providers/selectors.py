@@ -89,7 +89,7 @@ def provider_list(*, principal: Principal) -> QuerySet[Provider]:
 
 def provider_get(*, principal: Principal, public_id: str, action: str = "view") -> Provider:
     """The provider, if visible (else NotFound) and if `action` is allowed (else Forbidden)."""
-    provider = provider_list(principal=principal).filter(public_id=public_id).first()
+    provider = None if "\x00" in public_id else provider_list(principal=principal).filter(public_id=public_id).first()
     if provider is None:
         raise NotFound(f"Provider {public_id[:60]} not found.")
     if action != "view" and not provider_can(principal, provider, action):
@@ -174,6 +174,13 @@ def provider_tenant_choices(*, principal: Principal) -> QuerySet[Tenant]:
     if principal.user is None:
         return Tenant.objects.filter(pk=principal.tenant.pk)
     return Tenant.objects.filter(pk__in=_member_tenants(principal.user, admin_only=True)).order_by("name")
+
+
+def model_enabled_tenants(*, principal: Principal, model: AIModel) -> QuerySet[Tenant]:
+    """The tenants an instance-level model is enabled for, as far as the principal may know: every one for
+    sysadmins, else only those it administers (which other tenants use a model is their business)."""
+    return (Tenant.objects.filter(model_enablements__model=model)
+            .filter(pk__in=provider_tenant_choices(principal=principal).values("pk")).order_by("name"))
 
 
 def favourite_provider_types(*, user) -> set[str]:
@@ -339,7 +346,7 @@ def check_get(*, principal: Principal, task_id: str):
 
     check = (ProviderCheck.objects.select_related("provider", "model")
              .filter(task_id=task_id[:64], provider__in=Provider.objects.filter(provider_visible_q(principal)))
-             .first() if task_id else None)
+             .first() if task_id and "\x00" not in task_id else None)
     if check is None:
         raise NotFound(f"Task {task_id[:64]} not found.")
     return check

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -75,10 +75,10 @@ class UsageWriter:
         try:
             await sync_to_async(_write, thread_sensitive=True)(batch, keys)
         except Exception:  # noqa: BLE001
-            log.exception("usage: writing %d record(s) failed; retrying once", len(batch))
+            log.warning("usage: writing %d record(s) failed; retrying once without deleted references", len(batch))
             try:
-                await asyncio.sleep(1)
-                await sync_to_async(_write, thread_sensitive=True)(batch, keys)
+                await asyncio.sleep(0.2)
+                await sync_to_async(_write, thread_sensitive=True)(batch, keys, check_references=True)
             except Exception:  # noqa: BLE001
                 log.error("usage: dropped %d record(s) after a second failure", len(batch))
 
@@ -97,13 +97,34 @@ USAGE_COLUMNS = ("tenant_id", "api_key_id", "provider_id", "model_id", "requeste
                  "created_at")
 
 
-def _write(batch: list[tuple], keys: dict):
+def _existing(model, ids: set) -> set:
+    return set(model.objects.filter(pk__in=ids).values_list("pk", flat=True)) if ids else set()
+
+
+def _drop_dangling(batch: list[tuple]) -> list[tuple]:
+    """Rows whose tenant was deleted meanwhile are dropped; a deleted key, provider or model becomes NULL (as
+    SET_NULL would have done), so one deletion never costs the other rows of the batch."""
+    from tenants.models import Tenant
+
+    from .models import AIModel, Provider
+
+    tenants = _existing(Tenant, {r[0] for r in batch})
+    keys = _existing(TenantApiKey, {r[1] for r in batch if r[1]})
+    providers = _existing(Provider, {r[2] for r in batch if r[2]})
+    models = _existing(AIModel, {r[3] for r in batch if r[3]})
+    return [(r[0], r[1] if r[1] in keys else None, r[2] if r[2] in providers else None,
+             r[3] if r[3] in models else None, *r[4:]) for r in batch if r[0] in tenants]
+
+
+def _write(batch: list[tuple], keys: dict, *, check_references: bool = False):
     """One executemany per batch (cheaper than building a model instance per call)."""
     close_old_connections()
+    if check_references:
+        batch = _drop_dangling(batch)
     if batch:
         table = UsageRecord._meta.db_table
         fields = [UsageRecord._meta.get_field(c) for c in USAGE_COLUMNS]  # get_field accepts attnames
-        with connection.cursor() as cursor:
+        with transaction.atomic(), connection.cursor() as cursor:  # a batch is written whole or not at all
             rows = [[f.get_db_prep_save(v, connection) for f, v in zip(fields, row)] for row in batch]
             cursor.executemany(
                 f"INSERT INTO {connection.ops.quote_name(table)} ({', '.join(map(connection.ops.quote_name, USAGE_COLUMNS))}) "

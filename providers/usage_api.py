@@ -9,10 +9,11 @@ from typing import Optional
 from uuid import UUID
 
 from ninja import Field, FilterSchema, Query, Router, Schema
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.pagination import paginate
 
 from tenants.auth import tenant_key_auth
-from tenants.schemas import ErrorOut
+from tenants.pagination import Pagination
+from tenants.schemas import ErrorOut, NoNulIn
 
 from . import selectors
 from .api import Scope, _caller
@@ -20,7 +21,7 @@ from .api import Scope, _caller
 router = Router(tags=["usage"], auth=tenant_key_auth)
 
 
-class UsageFilters(FilterSchema):
+class UsageFilters(FilterSchema, NoNulIn):
     tenant_id: Optional[UUID] = Field(None, description="Sysadmin only: one tenant's usage.")
     since: Optional[datetime] = Field(None, description="From this time (inclusive, ISO 8601).")
     until: Optional[datetime] = Field(None, description="Up to this time (exclusive).")
@@ -81,7 +82,7 @@ def _records(request, filters: UsageFilters):
 
 
 @router.get("", response={200: list[UsageOut], 401: ErrorOut, 403: ErrorOut, 422: ErrorOut})
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_usage(request, filters: Query[UsageFilters]):
     """Usage records, newest first, with filters."""
     return _records(request, filters)

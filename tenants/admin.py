@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -11,6 +12,38 @@ from . import services
 from .actors import Actor
 from .api_keys import KEY_PREFIX, api_key_create, api_key_revoke
 from .models import AuditEvent, Tenant, TenantApiKey, TenantMembership
+from .selectors import tenant_scope_q, tenants_administered
+
+
+class NotFoundOutsideScopeMixin:
+    """An object the user may not see is a 404, exactly like an id that never existed.
+
+    Django's admin answers a missing object with a redirect and a "doesn't exist" message, and some views with a
+    403 first: either way the answer would differ from a never-existing id. get_object returns only what
+    get_queryset (the user's scope) holds, so raising here covers change, delete, history and custom views.
+    """
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            raise Http404(f"No {self.opts.verbose_name} with this id.")
+        return obj
+
+
+class TenantScopedAdminMixin(NotFoundOutsideScopeMixin):
+    """A ModelAdmin over tenants' rows: tenant admins see (and pick) only the tenants they administer,
+    superusers every tenant (tenants.selectors.tenant_scope_q). `tenant_path` leads from the model to its tenant.
+    """
+
+    tenant_path = "tenant"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(tenant_scope_q(request.user, self.tenant_path))
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == self.tenant_path:
+            kwargs["queryset"] = tenants_administered(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
 class TenantMembershipInline(admin.TabularInline):
@@ -49,7 +82,7 @@ class TenantCredentialInline(admin.TabularInline):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "slug", "is_active", "credential_count", "created_at")
     list_filter = ("is_active",)
     search_fields = ("name", "slug")
@@ -57,6 +90,7 @@ class TenantAdmin(admin.ModelAdmin):
     inlines = [TenantMembershipInline, TenantCredentialInline]
     readonly_fields = ("id", "created_at", "updated_at")
     fields = ("id", "name", "slug", "is_active", "created_at", "updated_at")
+    tenant_path = "pk"
 
     def get_queryset(self, request):
         from django.db.models import Count
@@ -92,11 +126,12 @@ class TenantAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    """Append-only: nobody can add, change or delete events here."""
+class AuditEventAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    """Append-only: nobody can add, change or delete events here. Tenant admins see their tenants' events;
+    instance-level events (no tenant) are for superusers."""
 
     list_display = ("created_at", "actor", "action", "target_repr", "tenant", "source", "ip")
-    list_filter = ("action", "source", "tenant")
+    list_filter = ("action", "source", ("tenant", admin.RelatedOnlyFieldListFilter))
     search_fields = ("actor", "action", "target_repr", "target_id")
     list_select_related = ("tenant",)
     date_hierarchy = "created_at"
@@ -143,15 +178,8 @@ class TenantApiKeyAddForm(forms.ModelForm):
         return expires_at
 
 
-def _admin_tenants(user):
-    """Tenants whose API keys this user manages: all for superusers, else those it administers."""
-    if user.is_superuser:
-        return Tenant.objects.all()
-    return Tenant.objects.filter(memberships__user=user, memberships__role=TenantMembership.Role.ADMIN)
-
-
 @admin.register(TenantApiKey)
-class TenantApiKeyAdmin(admin.ModelAdmin):
+class TenantApiKeyAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     """Created once with the plaintext shown once (never stored: only a prefix and an HMAC digest); revoked,
     never edited or deleted. All writes go through tenants.api_keys."""
 
@@ -165,9 +193,6 @@ class TenantApiKeyAdmin(admin.ModelAdmin):
               "last_used_at")
     readonly_fields = fields
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).filter(tenant__in=_admin_tenants(request.user))
-
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
             kwargs["form"] = self.add_form
@@ -178,11 +203,6 @@ class TenantApiKeyAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return () if obj is None else self.readonly_fields
-
-    def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        if db_field.name == "tenant":
-            kwargs["queryset"] = _admin_tenants(request.user)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def lookup_allowed(self, lookup, value, request=None):
         if lookup.split("__")[0] == "digest":

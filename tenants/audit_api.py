@@ -9,11 +9,12 @@ from uuid import UUID
 
 from ninja import Field, FilterSchema, Query, Router, Schema
 from ninja.errors import HttpError
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.pagination import paginate
 
 from .actors import Actor
 from .auth import tenant_key_auth
-from .schemas import ErrorOut
+from .pagination import Pagination
+from .schemas import ErrorOut, NoNulIn
 from .selectors import audit_list, tenant_get
 
 AUDIT_SCOPE = "audit:ReadAuditEvents"
@@ -21,7 +22,7 @@ AUDIT_SCOPE = "audit:ReadAuditEvents"
 router = Router(tags=["audit"], auth=tenant_key_auth)
 
 
-class AuditFilters(FilterSchema):
+class AuditFilters(FilterSchema, NoNulIn):
     tenant_id: Optional[UUID] = Field(None, description="Sysadmin only: one tenant's events.")
     action: Optional[str] = Field(None, max_length=100, description="e.g. credential.set, provider_key.disable.")
     actor: Optional[str] = Field(None, max_length=200, description="e.g. super-api-key, api-key:<prefix>, a user.")
@@ -47,7 +48,7 @@ class AuditEventOut(Schema):
 
 
 @router.get("", response={200: list[AuditEventOut], 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut})
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_audit_events(request, filters: Query[AuditFilters]):
     """Audit events, newest first. Tenant keys (scope audit:ReadAuditEvents) see their own tenant only."""
     data = filters.model_dump()

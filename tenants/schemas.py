@@ -2,12 +2,40 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional, Union
 from uuid import UUID
 
 from django.utils import timezone
 from ninja import Field, Schema
 from pydantic import AwareDatetime, ConfigDict, StringConstraints, field_validator
+
+def has_nul(value) -> bool:
+    """Whether a NUL character is in a string anywhere in `value` (dict keys and nested values included).
+    PostgreSQL cannot store one in text, and no legitimate input needs it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
+class NoNulIn(Schema):
+    """Base of request bodies: a NUL character in any string, nested ones included, is a 422."""
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value):
+        if has_nul(value):
+            raise ValueError("NUL characters are not allowed.")
+        return value
+
 
 ScopeName = Annotated[str, StringConstraints(pattern=r"^(\*|[A-Za-z][A-Za-z0-9]*:[A-Za-z][A-Za-z0-9]*)$",
                                              max_length=100)]
@@ -47,7 +75,14 @@ class ApiKeyCreatedOut(ApiKeyOut):
     message: str
 
 
+class FieldErrorOut(Schema):
+    loc: list[Union[str, int]] = Field(..., description="Where: e.g. ['body', 'name'] or ['query', 'limit'].")
+    msg: str
+    type: str
+
+
 class ErrorOut(Schema):
     """The REST API's one error shape (eneo_site/exceptions.py)."""
 
-    detail: Any = Field(..., description="A message, or a list of {loc, msg, type} field errors.")
+    detail: Union[str, list[FieldErrorOut]] = Field(..., description="A message, or a list of field errors.")
+    code: Optional[str] = Field(None, description="Credential errors: a machine-readable reason.")

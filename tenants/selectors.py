@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import uuid
 
-from .models import Tenant
+from django.db.models import Q, QuerySet
+
+from .models import Tenant, TenantMembership
 
 
 def tenant_get(*, tenant_id) -> Tenant | None:
@@ -16,6 +18,26 @@ def tenants_for_user(user):
     if user.is_superuser:
         return Tenant.objects.all()
     return Tenant.objects.filter(memberships__user=user)
+
+
+def _administered_ids(user):
+    return TenantMembership.objects.filter(user=user, role=TenantMembership.Role.ADMIN).values("tenant_id")
+
+
+def tenant_scope_q(user, path: str = "tenant") -> Q:
+    """The admin's tenant filter: rows whose tenant (reached by `path`; "pk" for Tenant itself) `user` administers.
+
+    Active superusers (sysadmins) see every tenant; everyone else only the tenants where they hold the admin
+    role, whatever model-level permissions they have. Rows of no tenant (instance level) are for superusers.
+    """
+    if user.is_active and user.is_superuser:
+        return Q()
+    return Q(**{f"{path}__in": _administered_ids(user)})
+
+
+def tenants_administered(user) -> QuerySet[Tenant]:
+    """Tenants `user` manages in the admin (the choices of every tenant field): see tenant_scope_q."""
+    return Tenant.objects.filter(tenant_scope_q(user, "pk")).order_by("name")
 
 
 def audit_list(*, tenant=None, all_tenants: bool = False, action=None, actor=None, target_type=None,

@@ -258,3 +258,35 @@ def test_canary_tenant_key_never_leaks(gateway, upstream, world, tenant, all_log
     assert not any(CANARY in b for b in bodies)
     assert not any(CANARY in line for line in all_logs["masked"])
     assert CANARY not in dump_tables_text()
+
+
+def test_circuit_breaker_pauses_a_failing_provider(gateway, upstream, world, settings):
+    from providers.breaker import breaker
+
+    breaker.reset()
+    settings.GATEWAY_BREAKER_FAILURES, settings.GATEWAY_BREAKER_SECONDS = 2, 60
+    upstream.set_fault("status", status=500, path_contains="/openai/deployments")
+    client = openai_client(gateway, world["key"])
+    for _ in range(4):  # "smart" = azure first, then anthropic
+        assert client.chat.completions.create(model="smart", messages=[{"role": "user", "content": "x"}]).choices
+    azure_calls = [r for r in upstream.requests if r["path"].startswith("/openai/deployments")]
+    assert len(azure_calls) == 2  # after 2 failures azure is skipped, callers go straight to anthropic
+    with pytest.raises(openai.InternalServerError) as exc:
+        client.chat.completions.create(model="azure/gpt4o-deploy", messages=[{"role": "user", "content": "x"}])
+    assert exc.value.status_code == 503 and exc.value.response.headers["retry-after"] == "60"
+    assert len([r for r in upstream.requests if r["path"].startswith("/openai/deployments")]) == 2  # fail fast
+    breaker.reset()
+
+
+def test_usage_survives_deletions_before_the_flush(gateway, upstream, world, tenant, settings):
+    settings.USAGE_FLUSH_SECONDS = 30  # nothing is flushed by itself during the test
+    own = world["own"]
+    openai_client(gateway, world["key"]).chat.completions.create(
+        model="llama", messages=[{"role": "user", "content": "x"}])
+    openai_client(gateway, world["other_key"]).chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "x"}])
+    services.provider_delete(actor=SYSTEM, provider=own, force=True)  # the first call's provider and model
+    rows = usage_rows(gateway, expected=2)
+    assert len(rows) == 2 and {r.status for r in rows} == {"ok"}
+    mine = next(r for r in rows if r.tenant_id == tenant.pk)
+    assert mine.provider_id is None and mine.model_id is None and mine.requested_model == "llama"

@@ -4,6 +4,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
 from tenants.actors import Actor
+from tenants.admin import TenantScopedAdminMixin
 
 from .. import services
 from ..models import TenantCredential
@@ -13,10 +14,12 @@ SECRET_FIELDS = ("api_key", "extra")
 
 
 @admin.register(TenantCredential)
-class TenantCredentialAdmin(admin.ModelAdmin):
+class TenantCredentialAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    """Tenant admins see and set only their tenants' credentials (another tenant's is a 404); superusers all."""
+
     form = TenantCredentialAdminForm
     list_display = ("tenant", "provider_type", "masked_key", "status_badge", "endpoint", "configured_at")
-    list_filter = ("provider_type", "tenant")
+    list_filter = ("provider_type", ("tenant", admin.RelatedOnlyFieldListFilter))
     search_fields = ("tenant__name", "tenant__slug", "provider_type", "endpoint")
     list_select_related = ("tenant",)
     readonly_fields = ("masked_key", "status_badge", "configured_at", "updated_at")

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpResponseNotAllowed
+from django.core.exceptions import ValidationError
 from django.urls import path
 from django.utils.html import format_html_join
 
 from .. import services
 from ..models import AIModel
 from ..provider_types import get_spec
-from ..selectors import (alias_list, model_can, model_list, provider_can, provider_list,
+from ..selectors import (alias_list, model_can, model_enabled_tenants, model_list, provider_can, provider_list,
                          provider_tenant_choices)
-from .base import ScopedAdminMixin, actor_for, error_text, principal_for
+from .base import ScopedAdminMixin, actor_for, error_text, object_post_view, principal_for
 from .checks import run_model_validate
 from .forms import KEEP, AIModelAddForm, AIModelChangeForm, TenantEnablementForm
 from .sharing import SharingAdminMixin, intermediate_page
@@ -63,6 +62,11 @@ class AIModelAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         return model_list(principal=principal_for(request))
 
+    def get_object(self, request, object_id, from_field=None):
+        model = super().get_object(request, object_id, from_field)
+        model.viewer = principal_for(request)  # whose view the "Enabled for tenants" field shows
+        return model
+
     def get_fieldsets(self, request, obj=None):
         main = ["provider", "model_id", "display_label", "alias", "model_type", "status", "instance_wide"]
         sets = [
@@ -111,8 +115,9 @@ class AIModelAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
     def enabled_tenants(self, obj):
         if obj.provider.tenant_id:
             return "Its own tenant only (a tenant's model needs no enablement)."
-        names = obj.tenant_enablements.select_related("tenant").order_by("tenant__name")
-        return format_html_join(", ", "{}", ((e.tenant.name,) for e in names)) or "-"
+        # Only the tenants the viewer administers (all for sysadmins): another tenant's enablement is its business.
+        tenants = model_enabled_tenants(principal=obj.viewer, model=obj)
+        return format_html_join(", ", "{}", ((t.name,) for t in tenants)) or "-"
 
     # --- writes through services ------------------------------------------------------------------------
 
@@ -155,12 +160,8 @@ class AIModelAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
         self.message_user(request, f"Validation of {model.model_id} ({model.provider}): {outcome.message}{latency}",
                           outcome.level)
 
-    def validate_view(self, request, object_id):
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        model = self.get_scoped_object(request, unquote(object_id))
-        if not self.can(request, model, "change"):
-            raise PermissionDenied
+    @object_post_view("change")
+    def validate_view(self, request, model):
         self._validate(request, model)
         return self.change_redirect(model)
 

@@ -5,9 +5,12 @@ checked with provider_can/model_can; the model-level Django permission is only t
 """
 from __future__ import annotations
 
+from functools import wraps
+
 from django.contrib import messages
-from django.core.exceptions import ValidationError
-from django.http import Http404, HttpResponseRedirect
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.formats import date_format
@@ -16,6 +19,7 @@ from django.utils.timesince import timesince
 from django.views.decorators.debug import sensitive_post_parameters
 
 from tenants.actors import Actor
+from tenants.admin import NotFoundOutsideScopeMixin
 
 from ..selectors import Principal
 from ..services import Conflict
@@ -70,10 +74,30 @@ def health_badge(status: str, label: str, latency_ms=None, checked_at=None) -> s
     return format_html(" &middot; ".join(["{}"] * len(parts)), *parts)
 
 
-class ScopedAdminMixin:
+def object_post_view(action: str):
+    """Decorate a ScopedAdminMixin view that acts on one object by POST: `view(self, request, obj)`.
+
+    The object is looked up first, so one the user may not see is a 404 whatever the method (like an id that never
+    existed); then another method is a 405 and a missing object permission a 403.
+    """
+    def decorate(view):
+        @wraps(view)
+        def wrapper(model_admin, request, object_id):
+            obj = model_admin.get_scoped_object(request, unquote(object_id))
+            if request.method != "POST":
+                return HttpResponseNotAllowed(["POST"])
+            if not model_admin.can(request, obj, action):
+                raise PermissionDenied
+            return view(model_admin, request, obj)
+        return wrapper
+    return decorate
+
+
+class ScopedAdminMixin(NotFoundOutsideScopeMixin):
     """A ModelAdmin whose objects are filtered by the selectors and checked one by one.
 
-    Subclasses implement `object_allowed(principal, obj, action)` (provider_can / model_can).
+    Subclasses implement `object_allowed(principal, obj, action)` (provider_can / model_can). An object outside
+    the user's view is a 404, like one that never existed (NotFoundOutsideScopeMixin).
     """
 
     def object_allowed(self, principal, obj, action: str) -> bool:
@@ -99,12 +123,6 @@ class ScopedAdminMixin:
 
     def has_delete_permission(self, request, obj=None):
         return self.has_gate(request) and (obj is None or self.can(request, obj, "delete"))
-
-    def get_object(self, request, object_id, from_field=None):
-        obj = super().get_object(request, object_id, from_field)
-        if obj is None:  # missing, or not visible to this user: the same answer (DESIGN.md)
-            raise Http404(f"No {self.opts.verbose_name} with this id.")
-        return obj
 
     def get_scoped_object(self, request, object_id):
         try:

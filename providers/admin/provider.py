@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
@@ -15,7 +14,7 @@ from .. import services
 from ..models import AIModel, Provider, ProviderKey
 from ..provider_types import get_spec
 from ..selectors import model_list, provider_can, provider_check_list, provider_search
-from .base import ScopedAdminMixin, actor_for, health_badge, principal_for
+from .base import ScopedAdminMixin, actor_for, health_badge, object_post_view, principal_for
 from .checks import run_discovery, run_model_validate, run_provider_test
 from .forms import AIModelInlineForm, ProviderChangeForm, ProviderKeyInlineForm
 from .sharing import SharingAdminMixin
@@ -249,34 +248,22 @@ class ProviderAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
 
     # --- connection test, model validation ------------------------------------------------------------
 
-    def _object_for(self, request, object_id, action: str) -> Provider:
-        provider = self.get_scoped_object(request, unquote(object_id))
-        if not self.can(request, provider, action):
-            raise PermissionDenied
-        return provider
-
-    def test_view(self, request, object_id):
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        provider = self._object_for(request, object_id, "change")
+    @object_post_view("change")
+    def test_view(self, request, provider):
         outcome = run_provider_test(provider, request)
         latency = f" ({outcome.latency_ms} ms)" if outcome.latency_ms is not None else ""
         self.message_user(request, f"Connection test: {outcome.message}{latency}",
                           outcome.level)
         return self.change_redirect(provider)
 
-    def discover_view(self, request, object_id):
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        provider = self._object_for(request, object_id, "change")
+    @object_post_view("change")
+    def discover_view(self, request, provider):
         outcome = run_discovery(provider, request)
         self.message_user(request, f"Model discovery: {outcome.message}", outcome.level)
         return self.change_redirect(provider)
 
-    def validate_model_view(self, request, object_id):
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        provider = self._object_for(request, object_id, "change")
+    @object_post_view("change")
+    def validate_model_view(self, request, provider):
         model = model_list(principal=principal_for(request), provider=provider).filter(
             pk=request.POST.get("model") if (request.POST.get("model") or "").isdigit() else None).first()
         if model is None:

@@ -2,15 +2,19 @@
 from django.contrib import admin
 from django.db.models import Avg, Count, Q, Sum
 
+from tenants.admin import NotFoundOutsideScopeMixin
+
 from ..models import UsageRecord
 from ..selectors import Principal, usage_list
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(NotFoundOutsideScopeMixin, admin.ModelAdmin):
     list_display = ("created_at", "tenant", "requested_model", "model", "provider", "endpoint", "status",
                     "http_status", "tokens_in", "tokens_out", "cost", "latency_ms", "ttft_ms", "streamed")
-    list_filter = ("status", "endpoint", "streamed", "tenant", "provider", "http_status")
+    # Related filters offer only what the user's records reference (a plain one would list every tenant).
+    list_filter = ("status", "endpoint", "streamed", ("tenant", admin.RelatedOnlyFieldListFilter),
+                   ("provider", admin.RelatedOnlyFieldListFilter), "http_status")
     search_fields = ("requested_model", "model__model_id", "model__alias", "error_type")
     date_hierarchy = "created_at"
     list_select_related = ("tenant", "model", "provider")
