@@ -7,11 +7,12 @@ from uuid import UUID
 
 from ninja import Router, Status
 from ninja.errors import HttpError
-from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.pagination import paginate
 
 from .api_keys import api_key_create, api_key_revoke
 from .auth import super_api_key
 from .models import Tenant
+from .pagination import Pagination
 from .schemas import ApiKeyCreatedOut, ApiKeyIn, ApiKeyOut, ErrorOut
 from .selectors import tenant_get
 
@@ -37,7 +38,7 @@ def create_api_key(request, tenant_id: UUID, payload: ApiKeyIn):
 
 
 @router.get("/tenants/{tenant_id}/api-keys", response={200: list[ApiKeyOut], **ERRORS})
-@paginate(LimitOffsetPagination)
+@paginate(Pagination)
 def list_api_keys(request, tenant_id: UUID):
     """The tenant's API keys (revoked ones included), by name. Never the key itself: only its prefix."""
     return _tenant_or_404(tenant_id).api_keys.order_by("name", "id")
