@@ -125,16 +125,8 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             services.membership_set(actor=actor, tenant=form.instance, user=data["user"], role=data["role"])
 
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
-    """Append-only: nobody can add, change or delete events here. Tenant admins see their tenants' events;
-    instance-level events (no tenant) are for superusers."""
-
-    list_display = ("created_at", "actor", "action", "target_repr", "tenant", "source", "ip")
-    list_filter = ("action", "source", ("tenant", admin.RelatedOnlyFieldListFilter))
-    search_fields = ("actor", "action", "target_repr", "target_id")
-    list_select_related = ("tenant",)
-    date_hierarchy = "created_at"
+class ReadOnlyAdminMixin:
+    """Records nobody adds, changes or deletes by hand (audit events, usage)."""
 
     def has_add_permission(self, request):
         return False
@@ -144,6 +136,19 @@ class AuditEventAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    """Append-only: nobody can add, change or delete events here. Tenant admins see their tenants' events;
+    instance-level events (no tenant) are for superusers."""
+
+    list_display = ("created_at", "actor", "action", "target_repr", "tenant", "source", "ip")
+    list_filter = ("action", "source", ("tenant", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("actor", "action", "target_repr", "target_id")
+    list_select_related = ("tenant",)
+    date_hierarchy = "created_at"
+
 
 
 # --- Tenant API keys ------------------------------------------------------------------------------------

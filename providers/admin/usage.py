@@ -2,14 +2,14 @@
 from django.contrib import admin
 from django.db.models import Avg, Count, Q, Sum
 
-from tenants.admin import NotFoundOutsideScopeMixin
+from tenants.admin import NotFoundOutsideScopeMixin, ReadOnlyAdminMixin
 
 from ..models import UsageRecord
 from ..selectors import Principal, usage_list
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(NotFoundOutsideScopeMixin, admin.ModelAdmin):
+class UsageRecordAdmin(ReadOnlyAdminMixin, NotFoundOutsideScopeMixin, admin.ModelAdmin):
     list_display = ("created_at", "tenant", "requested_model", "model", "provider", "endpoint", "status",
                     "http_status", "tokens_in", "tokens_out", "cost", "latency_ms", "ttft_ms", "streamed")
     # Related filters offer only what the user's records reference (a plain one would list every tenant).
@@ -24,15 +24,6 @@ class UsageRecordAdmin(NotFoundOutsideScopeMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         # Superusers see every tenant; tenant admins their tenants' usage (one filter: providers.selectors).
         return usage_list(principal=Principal.for_user(request.user)).select_related("tenant")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)
