@@ -300,6 +300,7 @@ async def chat_completion(caller: Caller, body: dict):
         usage.pop("cost", None)  # LiteLLM's estimate; our cost comes from the model's prices
         _usage(caller, model, requested, "chat.completions", started, tokens_in=usage.get("prompt_tokens", 0),
                tokens_out=usage.get("completion_tokens", 0))
+        await limiter.add_tokens(model.provider, usage.get("total_tokens") or 0)
         return data
     iterator, first = result
     return _sse(caller, model, requested, started, iterator, first, wants_usage)
@@ -341,6 +342,7 @@ async def _sse(caller, model, requested, started, iterator, first, wants_usage):
         _usage(caller, model, requested, "chat.completions", started, status=status, http_status=http_status,
                error_type=error_type, tokens_in=usage.get("prompt_tokens", 0),
                tokens_out=usage.get("completion_tokens", 0), streamed=True, ttft_ms=ttft)
+        await limiter.add_tokens(model.provider, usage.get("total_tokens") or 0)
 
 
 async def embeddings(caller: Caller, body: dict) -> dict:
@@ -369,6 +371,7 @@ async def embeddings(caller: Caller, body: dict) -> dict:
     data.pop("_hidden_params", None)
     usage = data.get("usage") or {}
     _usage(caller, model, requested, "embeddings", started, tokens_in=usage.get("prompt_tokens", 0))
+    await limiter.add_tokens(model.provider, usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
     return data
 
 

@@ -1,4 +1,7 @@
-"""Per-provider rate limits (rpm) and concurrency gates (max_concurrency).
+"""Per-provider rate limits (rpm, tpm) and concurrency gates (max_concurrency).
+
+tpm counts the tokens of finished calls in the current minute; a call is refused once the minute's tokens
+reached the limit (a call in progress is never cut off).
 
 Redis-backed when RATE_LIMIT_REDIS_URL is set, so the limits hold across worker processes; in-process
 otherwise. If Redis cannot be reached, the limiter falls back to in-process counting (the gateway keeps
@@ -27,9 +30,21 @@ class _Local:
     def __init__(self):
         self.windows: dict[int, deque] = {}
         self.inflight: dict[int, int] = {}
+        self.tokens: dict[int, tuple[int, int]] = {}  # provider -> (minute, tokens used in it)
 
-    def acquire(self, pid: int, rpm: int | None, max_conc: int | None) -> Denied | None:
+    def tokens_used(self, pid: int) -> int:
+        minute, used = self.tokens.get(pid, (0, 0))
+        return used if minute == int(time.time() // 60) else 0
+
+    def add_tokens(self, pid: int, count: int):
+        minute = int(time.time() // 60)
+        self.tokens[pid] = (minute, self.tokens_used(pid) + count)
+
+    def acquire(self, pid: int, rpm: int | None, max_conc: int | None, tpm: int | None = None) -> Denied | None:
         now = time.monotonic()
+        if tpm and self.tokens_used(pid) >= tpm:
+            return Denied(f"the provider's token limit ({tpm} tokens per minute) is reached",
+                          max(1, 60 - int(time.time() % 60)))
         if max_conc and self.inflight.get(pid, 0) >= max_conc:
             return Denied(f"the provider's concurrency limit ({max_conc} calls in flight) is reached", 1)
         if rpm:
@@ -74,19 +89,41 @@ class Limiter:
         self._redis = None
 
     async def acquire(self, provider) -> Denied | None:
-        rpm, max_conc = provider.rpm, provider.max_concurrency
-        if not rpm and not max_conc:
+        rpm, max_conc, tpm = provider.rpm, provider.max_concurrency, provider.tpm
+        if not rpm and not max_conc and not tpm:
             return None
         client = self._client()
         if client is None:
-            return self.local.acquire(provider.pk, rpm, max_conc)
+            return self.local.acquire(provider.pk, rpm, max_conc, tpm)
         try:
-            return await self._acquire_redis(client, provider.pk, rpm, max_conc)
+            return await self._acquire_redis(client, provider.pk, rpm, max_conc, tpm)
         except Exception as exc:  # noqa: BLE001 - any Redis failure degrades to local counting
             self._redis_failed(exc)
-            return self.local.acquire(provider.pk, rpm, max_conc)
+            return self.local.acquire(provider.pk, rpm, max_conc, tpm)
 
-    async def _acquire_redis(self, client, pid, rpm, max_conc) -> Denied | None:
+    async def add_tokens(self, provider, count: int):
+        """Count a finished call's tokens against the provider's tokens-per-minute limit (if it has one)."""
+        if not provider.tpm or not count:
+            return
+        client = self._client()
+        if client is not None:
+            try:
+                key = f"eneo:tpm:{provider.pk}:{int(time.time() // 60)}"
+                pipe = client.pipeline()
+                pipe.incrby(key, count)
+                pipe.expire(key, 61)
+                await pipe.execute()
+                return
+            except Exception as exc:  # noqa: BLE001
+                self._redis_failed(exc)
+        self.local.add_tokens(provider.pk, count)
+
+    async def _acquire_redis(self, client, pid, rpm, max_conc, tpm=None) -> Denied | None:
+        if tpm:
+            used = await client.get(f"eneo:tpm:{pid}:{int(time.time() // 60)}")
+            if used is not None and int(used) >= tpm:
+                return Denied(f"the provider's token limit ({tpm} tokens per minute) is reached",
+                              max(1, 60 - int(time.time() % 60)))
         if max_conc:
             key = f"eneo:cc:{pid}"
             pipe = client.pipeline()

@@ -290,3 +290,22 @@ def test_usage_survives_deletions_before_the_flush(gateway, upstream, world, ten
     assert len(rows) == 2 and {r.status for r in rows} == {"ok"}
     mine = next(r for r in rows if r.tenant_id == tenant.pk)
     assert mine.provider_id is None and mine.model_id is None and mine.requested_model == "llama"
+
+
+def test_tokens_per_minute_limit(gateway, upstream, world):
+    from providers.limits import limiter
+
+    import time
+
+    while time.time() % 60 > 55:  # the window is the calendar minute: don't straddle it
+        time.sleep(0.5)
+    limiter.local.tokens.clear()
+    services.provider_update(actor=SYSTEM, provider=world["openai"], tpm=10)
+    client = openai_client(gateway, world["key"])
+    for _ in range(2):  # 6 tokens each (2 in, 4 out): the second call still starts below 10
+        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi there"}])
+    with pytest.raises(openai.RateLimitError) as exc:
+        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi there"}])
+    assert "token limit (10 tokens per minute)" in str(exc.value)
+    assert int(exc.value.response.headers["retry-after"]) <= 60
+    limiter.local.tokens.clear()
