@@ -173,6 +173,12 @@ class LiveGateway:
             self.run_async(lambda: sync_to_async(connections.close_all, thread_sensitive=True)())
         except Exception:  # noqa: BLE001
             pass
+        try:  # LiteLLM's background logging task lives on this loop: end it before the loop does
+            from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+            self.run_async(GLOBAL_LOGGING_WORKER.stop)
+        except Exception:  # noqa: BLE001
+            pass
         self.server.should_exit = True
         self.thread.join(10)
 
