@@ -23,6 +23,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eneo_site.settings")
 django_application = get_asgi_application()
 
+from asgiref.sync import iscoroutinefunction, sync_to_async  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.exceptions import DisallowedHost, RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
@@ -89,7 +90,10 @@ class GatewayLane(ASGIHandler):
         except Resolver404:
             return _error(404, f"Unknown endpoint {request.path_info[:100]}.", "unknown_endpoint")
         request.resolver_match = match
-        return await match.func(request, *match.args, **match.kwargs)
+        if iscoroutinefunction(match.func):  # the API operations
+            return await match.func(request, *match.args, **match.kwargs)
+        # ninja's docs and schema views are sync: run them off the event loop, as Django would
+        return await sync_to_async(match.func)(request, *match.args, **match.kwargs)
 
 
 class Router:

@@ -309,3 +309,11 @@ def test_tokens_per_minute_limit(gateway, upstream, world):
     assert "token limit (10 tokens per minute)" in str(exc.value)
     assert int(exc.value.response.headers["retry-after"]) <= 60
     limiter.local.tokens.clear()
+
+
+def test_v1_schema_and_docs_are_served(gateway):
+    schema = httpx.get(gateway.url + "/v1/openapi.json")
+    assert schema.status_code == 200 and "/v1/chat/completions" in schema.json()["paths"]
+    docs = httpx.get(gateway.url + "/v1/docs")
+    assert docs.status_code == 200 and "openapi.json" in docs.text
+    assert httpx.get(gateway.url + "/v1/no-such-thing").status_code == 404
