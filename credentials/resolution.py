@@ -61,7 +61,9 @@ class ResolvedCredential:
     __str__ = __repr__
 
     def litellm_kwargs(self) -> dict:
-        kwargs = {"api_key": self.api_key}
+        """api_key, api_base and api_version for a LiteLLM call. A missing key goes as "none", so LiteLLM never
+        falls back to a key of its own from the environment."""
+        kwargs = {"api_key": self.api_key or "none"}
         if self.api_base:
             kwargs["api_base"] = self.api_base
         if self.api_version:

@@ -30,7 +30,7 @@ from tenants.models import AuditEvent, Tenant, TenantApiKey
 
 from .choices import HealthStatus
 from .models import AIModel, ProviderKey
-from .provider_types import get_spec
+from .provider_types import litellm_model_name
 from .selectors import Principal, list_active_models
 
 HEALTH_RANK = {HealthStatus.HEALTHY: 0, HealthStatus.UNKNOWN: 1, HealthStatus.DEGRADED: 2, HealthStatus.DOWN: 3}
@@ -82,7 +82,7 @@ class Snapshot:
 
 def qualified_name(model: AIModel) -> str:
     """The LiteLLM-style name of a model: <prefix>/<model_id>, e.g. azure/gpt4o-prod."""
-    return f"{get_spec(model.provider.provider_type).litellm_prefix}/{model.model_id}"
+    return litellm_model_name(model.provider.provider_type, model.model_id)
 
 
 def model_names(model: AIModel) -> set[str]:

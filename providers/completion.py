@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from decimal import Decimal
 from dataclasses import dataclass
+from decimal import Decimal
 
 from django.conf import settings
 from django.utils import timezone
@@ -29,12 +29,12 @@ from credentials.masking import mask_text, secret_scope
 from credentials.resolution import CredentialError, CredentialMissing, CredentialUndecryptable
 from tenants.models import Tenant, TenantApiKey
 
-from .catalog import Snapshot, catalog, split_prefix
-from .choices import ModelType
 from .breaker import breaker
+from .catalog import Snapshot, catalog, qualified_name, split_prefix
+from .choices import ModelType
 from .limits import limiter
 from .models import AIModel
-from .provider_types import get_spec
+from .provider_types import get_spec, litellm_model_name
 from .services import provider_credential
 from .usage import cost_of, writer
 
@@ -86,7 +86,7 @@ async def resolve_models(caller: Caller, requested: str, *, model_type: str) -> 
     if not candidates:
         prefix, rest = split_prefix(name)
         if prefix is None:  # no prefix = the default provider
-            default = f"{get_spec(settings.DEFAULT_PROVIDER_TYPE).litellm_prefix}/{name}"
+            default = litellm_model_name(settings.DEFAULT_PROVIDER_TYPE, name)
             candidates = tm.by_name.get(default)
     if candidates:
         wanted = [m for m in candidates if m.model_type == model_type]
@@ -118,12 +118,8 @@ def _call_params(model: AIModel, cred) -> dict:
     provider = model.provider
     spec = get_spec(provider.provider_type)
     ptype = provider.provider_type
-    params = {"model": f"{spec.litellm_prefix}/{model.model_id}", "timeout": settings.GATEWAY_TIMEOUT,
+    params = {"model": qualified_name(model), **cred.litellm_kwargs(), "timeout": settings.GATEWAY_TIMEOUT,
               "num_retries": 0, "max_retries": 0, "drop_params": True}
-    if cred.api_base:
-        params["api_base"] = cred.api_base
-    if cred.api_version:
-        params["api_version"] = cred.api_version
     key = cred.api_key
     if ptype == "azure":
         params["api_key"] = PLACEHOLDER_KEY
@@ -139,11 +135,6 @@ def _call_params(model: AIModel, cred) -> dict:
             for k, v in extra.items():
                 params.setdefault(k, v)
     return params
-
-
-class _Failover(Exception):
-    def __init__(self, error: GatewayError):
-        self.error = error
 
 
 def _map_upstream(exc: Exception, model: AIModel) -> tuple[GatewayError, bool]:
@@ -380,8 +371,6 @@ async def models_for(caller: Caller) -> list[dict]:
     tm = await catalog.tenant_models(caller.snapshot, caller.tenant)
     seen: dict[str, dict] = {}
     for m in tm.models:
-        from .catalog import qualified_name
-
         owner = m.provider.name
         for name in filter(None, (m.alias, qualified_name(m))):
             seen.setdefault(name, {"id": name, "object": "model", "created": int(m.created_at.timestamp()),

@@ -17,7 +17,7 @@ from credentials.resolution import CredentialError, ResolvedCredential
 
 from .choices import HealthStatus, ModelStatus, ModelType
 from .models import AIModel, Provider, ProviderCheck
-from .provider_types import get_spec
+from .provider_types import get_spec, litellm_model_name
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,6 @@ class CheckOutcome:
 
 
 TRANSIENT_PREFIXES = ("Could not connect", "Rate limited", "Connection test failed")
-
-
-def litellm_model_name(provider: Provider, model_id: str) -> str:
-    return f"{get_spec(provider.provider_type).litellm_prefix}/{model_id}"
-
-
-def _call_kwargs(cred: ResolvedCredential) -> dict:
-    kwargs = {"api_key": cred.api_key or "none"}
-    if cred.api_base:
-        kwargs["api_base"] = cred.api_base
-    if cred.api_version:
-        kwargs["api_version"] = cred.api_version
-    return kwargs
 
 
 def _connection_failed(exc: BaseException | None) -> bool:
@@ -80,16 +67,16 @@ def classify_error(exc: Exception) -> tuple[str, str]:
 def _probe(provider: Provider, model: AIModel | None, model_id: str, model_type: str, cred: ResolvedCredential):
     import litellm
 
-    name = litellm_model_name(provider, model_id)
+    name = litellm_model_name(provider.provider_type, model_id)
     timeout = settings.PROVIDER_TEST_TIMEOUT
     with secret_scope(cred.api_key):
         if model_type == ModelType.EMBEDDING:
-            litellm.embedding(model=name, input=["test"], timeout=timeout, num_retries=0, max_retries=0, **_call_kwargs(cred))
+            litellm.embedding(model=name, input=["test"], timeout=timeout, num_retries=0, max_retries=0, **cred.litellm_kwargs())
         else:
             extra = model.model_config.reveal() if model is not None and model.model_config is not None else {}
             max_tokens = settings.PROBE_MAX_TOKENS_REASONING if (model and model.supports_reasoning) else 1
             litellm.completion(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens,
-                               timeout=timeout, num_retries=0, max_retries=0, drop_params=True, **{**extra, **_call_kwargs(cred)})
+                               timeout=timeout, num_retries=0, max_retries=0, drop_params=True, **{**extra, **cred.litellm_kwargs()})
 
 
 def _test_candidates(provider: Provider) -> list[tuple[AIModel | None, str, str]]:

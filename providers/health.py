@@ -23,7 +23,7 @@ from credentials.masking import mask_text, secret_scope
 from credentials.resolution import CredentialError, ResolvedCredential
 
 from .choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
-from .connectivity import classify_error, litellm_model_name
+from .connectivity import classify_error
 from .discovery import _headers, models_url
 from .models import AIModel, Provider, ProviderCheck
 from .provider_types import get_spec
@@ -93,12 +93,8 @@ async def _probe_call(probe: Probe, started: float) -> ProbeResult:
     import litellm
 
     model, cred = probe.model, probe.cred
-    kwargs = {"model": litellm_model_name(probe.provider, model.model_id), "api_key": cred.api_key or "none",
+    kwargs = {"model": litellm_model_name(probe.provider.provider_type, model.model_id), **cred.litellm_kwargs(),
               "timeout": settings.HEALTH_CHECK_TIMEOUT, "num_retries": 0, "max_retries": 0}
-    if cred.api_base:
-        kwargs["api_base"] = cred.api_base
-    if cred.api_version:
-        kwargs["api_version"] = cred.api_version
     if model.model_type == ModelType.EMBEDDING:
         await litellm.aembedding(input=["test"], **kwargs)
     else:

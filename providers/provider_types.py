@@ -117,6 +117,11 @@ def get_spec(key: str) -> ProviderTypeSpec:
     )
 
 
+def litellm_model_name(provider_type: str, model_id: str) -> str:
+    """The LiteLLM model string: <prefix>/<model id>, e.g. azure/gpt4o-prod (berget: openai/...)."""
+    return f"{get_spec(provider_type).litellm_prefix}/{model_id}"
+
+
 def all_specs() -> list[ProviderTypeSpec]:
     return [get_spec(k) for k in provider_types()]
 
