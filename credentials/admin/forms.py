@@ -1,8 +1,7 @@
-import json
-
 from django import forms
 from django.core.exceptions import ValidationError
 
+from ..forms import SecretJSONField
 from ..models import TenantCredential
 from ..provider_rules import (CREDENTIAL_FIELDS, UnknownProviderType, normalise_provider_type, provider_types,
                               requirements_for)
@@ -31,10 +30,8 @@ class TenantCredentialAdminForm(forms.ModelForm):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Write-only. Stored encrypted. On an existing credential, leave blank to keep the current key.",
     )
-    extra_input = forms.CharField(
+    extra_input = SecretJSONField(
         label="Extra settings (JSON)",
-        required=False,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
         help_text="Optional JSON object of further provider settings, stored encrypted and never shown again. "
                   "Leave blank to keep what is stored.",
     )
@@ -54,18 +51,6 @@ class TenantCredentialAdminForm(forms.ModelForm):
             return normalise_provider_type(self.cleaned_data["provider_type"])
         except UnknownProviderType as exc:
             raise ValidationError(str(exc)) from None
-
-    def clean_extra_input(self):
-        raw = self.cleaned_data.get("extra_input") or ""
-        if not raw.strip():
-            return None
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            raise ValidationError("Not valid JSON.") from None
-        if not isinstance(value, dict):
-            raise ValidationError("Must be a JSON object, e.g. {\"organization\": \"org-1\"}.")
-        return value
 
     def extra_value(self):
         if self.cleaned_data.get("clear_extra"):

@@ -3,11 +3,11 @@ blank field keeps what is stored (STYLE.md 8.8). Validation runs here, before th
 from __future__ import annotations
 
 import copy
-import json
 
 from django import forms
 from django.core.exceptions import ValidationError
 
+from credentials.forms import SecretJSONField
 from tenants.models import Tenant
 
 from .. import services
@@ -53,27 +53,6 @@ MODEL_HELP = {
     "provider_status": "Models of an inactive provider are not offered to callers.",
     "flags": "Capabilities from LiteLLM's registry (editable on the model).",
 }
-
-
-class SecretJSONField(forms.CharField):
-    """A JSON object typed into a password input: never rendered back; blank = keep the stored value."""
-
-    widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"})
-
-    def __init__(self, **kwargs):
-        super().__init__(required=False, strip=True, **kwargs)
-
-    def to_python(self, value):
-        value = super().to_python(value)
-        if not value:
-            return None
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            raise ValidationError("Not valid JSON.") from None
-        if not isinstance(parsed, dict):
-            raise ValidationError('Must be a JSON object, e.g. {"organization": "org-1"}.')
-        return parsed
 
 
 def secret_json_fields(label: str, what: str) -> tuple[SecretJSONField, forms.BooleanField]:
