@@ -7,7 +7,6 @@ something visible but not changeable is a 403. Handlers parse, call one service 
 """
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
@@ -23,6 +22,7 @@ from tenants.auth import tenant_key_auth
 from tenants.models import Tenant, TenantApiKey
 from tenants.pagination import Pagination
 from tenants.schemas import ErrorOut
+from tenants.scopes import Scope
 from tenants.selectors import tenant_get
 
 from . import selectors, services
@@ -48,17 +48,6 @@ from .selectors import Forbidden, NotFound, Principal
 ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut}
 WRITE_ERRORS = {**ERRORS, 409: ErrorOut}
 NO_CONTENT = {204: None, **WRITE_ERRORS}
-
-
-class Scope(StrEnum):
-    """Scopes a tenant API key needs (TenantApiKey.scopes; '*' grants all). The super key has all of them."""
-
-    LIST = "aiProviders:ListAiProviders"
-    GET = "aiProviders:GetAiProvider"
-    CREATE = "aiProviders:CreateAiProvider"
-    UPDATE = "aiProviders:UpdateAiProvider"
-    DELETE = "aiProviders:DeleteAiProvider"
-    USAGE = "usage:ReadUsage"
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,14 @@ from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from tenants.parsers import JsonParser, body_error
+from tenants.scopes import Scope
 
 from .catalog import catalog
 from .completion import Caller, GatewayError, chat_completion, embeddings, models_for
 
 log = logging.getLogger("eneo.gateway")
 
-GATEWAY_SCOPE = "gateway:Use"
+GATEWAY_SCOPE = Scope.GATEWAY
 
 openai_api = NinjaAPI(
     title="Eneo LLM gateway: OpenAI-compatible API",

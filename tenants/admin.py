@@ -8,7 +8,7 @@ from django.utils.html import format_html
 
 from credentials.models import TenantCredential
 
-from . import services
+from . import scopes, services
 from .actors import Actor
 from .api_keys import KEY_PREFIX, api_key_create, api_key_revoke
 from .models import AuditEvent, Tenant, TenantApiKey, TenantMembership
@@ -150,20 +150,9 @@ class AuditEventAdmin(ReadOnlyAdminMixin, TenantScopedAdminMixin, admin.ModelAdm
     date_hierarchy = "created_at"
 
 
-
 # --- Tenant API keys ------------------------------------------------------------------------------------
 
-API_KEY_SCOPES = (
-    ("aiProviders:ListAiProviders", "List AI providers"),
-    ("aiProviders:GetAiProvider", "Read one AI provider"),
-    ("aiProviders:CreateAiProvider", "Create AI providers"),
-    ("aiProviders:UpdateAiProvider", "Change AI providers"),
-    ("aiProviders:DeleteAiProvider", "Delete AI providers"),
-    ("gateway:Use", "Call models through the /v1 gateway"),
-    ("usage:ReadUsage", "Read the tenant's usage records (/api/v1/usage)"),
-    ("audit:ReadAuditEvents", "Read the tenant's audit log (/api/v1/audit-events)"),
-    ("*", "Everything (all scopes, present and future)"),
-)
+API_KEY_SCOPES = scopes.CHOICES
 
 
 class TenantApiKeyAddForm(forms.ModelForm):

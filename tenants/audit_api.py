@@ -15,9 +15,10 @@ from .actors import Actor
 from .auth import tenant_key_auth
 from .pagination import Pagination
 from .schemas import ErrorOut, NoNulIn
+from .scopes import Scope
 from .selectors import audit_list, tenant_get
 
-AUDIT_SCOPE = "audit:ReadAuditEvents"
+AUDIT_SCOPE = Scope.AUDIT
 
 router = Router(tags=["audit"], auth=tenant_key_auth)
 

@@ -7,7 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from providers.api import Scope
+from tenants.scopes import Scope
 from providers.models import AIModel, Provider, ProviderKey, TenantModelEnablement
 from providers.services import provider_credential
 from tenants.actors import SYSTEM
