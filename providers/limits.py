@@ -6,7 +6,7 @@ reached the limit (a call in progress is never cut off).
 Redis-backed when RATE_LIMIT_REDIS_URL is set, so the limits hold across worker processes; in-process
 otherwise. If Redis cannot be reached, the limiter falls back to in-process counting (the gateway keeps
 working; limits then hold per process) and retries Redis after a pause.
-Only providers with rpm or max_concurrency set cost anything here.
+Only providers with rpm, tpm or max_concurrency set cost anything here.
 """
 from __future__ import annotations
 
@@ -26,6 +26,35 @@ class Denied:
     retry_after: int
 
 
+def _minute() -> int:
+    return int(time.time() // 60)
+
+
+def _rest_of_minute() -> int:
+    return max(1, 60 - int(time.time() % 60))
+
+
+def _tpm_denied(tpm: int) -> Denied:
+    return Denied(f"the provider's token limit ({tpm} tokens per minute) is reached", _rest_of_minute())
+
+
+def _concurrency_denied(max_conc: int) -> Denied:
+    return Denied(f"the provider's concurrency limit ({max_conc} calls in flight) is reached", 1)
+
+
+def _rpm_denied(rpm: int, retry_after: int) -> Denied:
+    return Denied(f"the provider's rate limit ({rpm} requests per minute) is reached", retry_after)
+
+
+async def _incr(client, key: str, ttl: int, by: int = 1) -> int:
+    """Add to a Redis counter and (re)set its expiry, in one round trip; returns the new value."""
+    pipe = client.pipeline()
+    pipe.incrby(key, by)
+    pipe.expire(key, ttl)
+    value, _ = await pipe.execute()
+    return value
+
+
 class _Local:
     def __init__(self):
         self.windows: dict[int, deque] = {}
@@ -34,26 +63,23 @@ class _Local:
 
     def tokens_used(self, pid: int) -> int:
         minute, used = self.tokens.get(pid, (0, 0))
-        return used if minute == int(time.time() // 60) else 0
+        return used if minute == _minute() else 0
 
     def add_tokens(self, pid: int, count: int):
-        minute = int(time.time() // 60)
-        self.tokens[pid] = (minute, self.tokens_used(pid) + count)
+        self.tokens[pid] = (_minute(), self.tokens_used(pid) + count)
 
     def acquire(self, pid: int, rpm: int | None, max_conc: int | None, tpm: int | None = None) -> Denied | None:
         now = time.monotonic()
         if tpm and self.tokens_used(pid) >= tpm:
-            return Denied(f"the provider's token limit ({tpm} tokens per minute) is reached",
-                          max(1, 60 - int(time.time() % 60)))
+            return _tpm_denied(tpm)
         if max_conc and self.inflight.get(pid, 0) >= max_conc:
-            return Denied(f"the provider's concurrency limit ({max_conc} calls in flight) is reached", 1)
+            return _concurrency_denied(max_conc)
         if rpm:
             window = self.windows.setdefault(pid, deque())
             while window and now - window[0] >= 60:
                 window.popleft()
             if len(window) >= rpm:
-                return Denied(f"the provider's rate limit ({rpm} requests per minute) is reached",
-                              max(1, int(60 - (now - window[0])) + 1))
+                return _rpm_denied(rpm, max(1, int(60 - (now - window[0])) + 1))
             window.append(now)
         if max_conc:
             self.inflight[pid] = self.inflight.get(pid, 0) + 1
@@ -108,11 +134,7 @@ class Limiter:
         client = self._client()
         if client is not None:
             try:
-                key = f"eneo:tpm:{provider.pk}:{int(time.time() // 60)}"
-                pipe = client.pipeline()
-                pipe.incrby(key, count)
-                pipe.expire(key, 61)
-                await pipe.execute()
+                await _incr(client, f"eneo:tpm:{provider.pk}:{_minute()}", 61, count)
                 return
             except Exception as exc:  # noqa: BLE001
                 self._redis_failed(exc)
@@ -120,31 +142,16 @@ class Limiter:
 
     async def _acquire_redis(self, client, pid, rpm, max_conc, tpm=None) -> Denied | None:
         if tpm:
-            used = await client.get(f"eneo:tpm:{pid}:{int(time.time() // 60)}")
+            used = await client.get(f"eneo:tpm:{pid}:{_minute()}")
             if used is not None and int(used) >= tpm:
-                return Denied(f"the provider's token limit ({tpm} tokens per minute) is reached",
-                              max(1, 60 - int(time.time() % 60)))
-        if max_conc:
-            key = f"eneo:cc:{pid}"
-            pipe = client.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, 600)
-            current, _ = await pipe.execute()
-            if current > max_conc:
-                await client.decr(key)
-                return Denied(f"the provider's concurrency limit ({max_conc} calls in flight) is reached", 1)
-        if rpm:
-            minute = int(time.time() // 60)
-            key = f"eneo:rpm:{pid}:{minute}"
-            pipe = client.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, 61)
-            count, _ = await pipe.execute()
-            if count > rpm:
-                if max_conc:
-                    await client.decr(f"eneo:cc:{pid}")
-                return Denied(f"the provider's rate limit ({rpm} requests per minute) is reached",
-                              max(1, 60 - int(time.time() % 60)))
+                return _tpm_denied(tpm)
+        if max_conc and await _incr(client, f"eneo:cc:{pid}", 600) > max_conc:
+            await client.decr(f"eneo:cc:{pid}")
+            return _concurrency_denied(max_conc)
+        if rpm and await _incr(client, f"eneo:rpm:{pid}:{_minute()}", 61) > rpm:
+            if max_conc:
+                await client.decr(f"eneo:cc:{pid}")
+            return _rpm_denied(rpm, _rest_of_minute())
         return None
 
     async def release(self, provider):
