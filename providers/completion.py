@@ -139,7 +139,7 @@ def _call_params(model: AIModel, cred) -> dict:
 
 def _map_upstream(exc: Exception, model: AIModel) -> tuple[GatewayError, bool]:
     """(error for the caller, may another model be tried)."""
-    import litellm
+    from .llm import litellm
 
     label = model.alias or model.model_id
     first_line = mask_text((str(exc).splitlines() or [type(exc).__name__])[0])[:300]
@@ -253,7 +253,7 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call):
 
 async def chat_completion(caller: Caller, body: dict):
     """Non-streaming: returns the response dict. Streaming: returns an async iterator of SSE bytes."""
-    import litellm
+    from .llm import litellm
 
     started = time.monotonic()
     requested = body.get("model")
@@ -337,7 +337,7 @@ async def _sse(caller, model, requested, started, iterator, first, wants_usage):
 
 
 async def embeddings(caller: Caller, body: dict) -> dict:
-    import litellm
+    from .llm import litellm
 
     started = time.monotonic()
     requested = body.get("model")

@@ -48,7 +48,7 @@ def _connection_failed(exc: BaseException | None) -> bool:
 
 def classify_error(exc: Exception) -> tuple[str, str]:
     """(health status, user-facing message) for an exception from a provider call. Masked."""
-    import litellm
+    from .llm import litellm
 
     if isinstance(exc, CredentialError):
         return HealthStatus.DOWN, str(exc)
@@ -65,7 +65,7 @@ def classify_error(exc: Exception) -> tuple[str, str]:
 
 
 def _probe(provider: Provider, model: AIModel | None, model_id: str, model_type: str, cred: ResolvedCredential):
-    import litellm
+    from .llm import litellm
 
     name = litellm_model_name(provider.provider_type, model_id)
     timeout = settings.PROVIDER_TEST_TIMEOUT

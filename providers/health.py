@@ -90,7 +90,7 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> ProbeResult:
 
 
 async def _probe_call(probe: Probe, started: float) -> ProbeResult:
-    import litellm
+    from .llm import litellm
 
     model, cred = probe.model, probe.cred
     kwargs = {"model": litellm_model_name(probe.provider.provider_type, model.model_id), **cred.litellm_kwargs(),
