@@ -169,7 +169,12 @@ def credential_resolve(
     `provider_fallback` returns the provider's own active key (shared mode only).
     `tenant_credential` may be passed when the caller already loaded the row (or knows there is none,
     with None) to save a query; by default it is looked up.
+    `tenant=None` is an instance-level call (e.g. a sysadmin's connectivity test): no tenant credential and no
+    strict mode, just the provider's key, then the global one.
     """
+    if tenant is None:
+        return _shared_fallback(provider_type, provider_fallback, "instance level: the provider has no active key "
+                                                                  "and no global key is set")
     tenant_label = getattr(tenant, "slug", None) or str(tenant)
     if tenant_credential is ...:
         tenant_credential = TenantCredential.objects.filter(tenant=tenant, provider_type=provider_type).first()
@@ -181,15 +186,18 @@ def credential_resolve(
             "Tenant-specific credentials are enabled - each tenant must configure their own credentials. "
             f"A sysadmin can set one with PUT /api/v1/sysadmin/tenants/<tenant_id>/credentials/{provider_type}."
         )
-    if provider_fallback is not None:
-        resolved = provider_fallback()
-        if resolved is not None:
-            return resolved
-    resolved = global_env_credential(provider_type)
-    if resolved is not None:
-        return resolved
-    raise CredentialMissing(
-        f"No API key configured for provider '{provider_type}' (tenant '{tenant_label}'): the tenant has no "
-        f"credential, the provider has no active key and no global key is set "
-        f"({_env_names(provider_type)[0]})."
-    )
+    return _shared_fallback(provider_type, provider_fallback, f"tenant '{tenant_label}': the tenant has no "
+                                                              "credential, the provider has no active key and no "
+                                                              "global key is set")
+
+
+def _shared_fallback(provider_type: str, provider_fallback, why: str) -> ResolvedCredential:
+    """Shared mode: the provider's own active key, then the global environment key, else a clear error."""
+    resolved = provider_fallback() if provider_fallback is not None else None
+    if resolved is None:
+        resolved = global_env_credential(provider_type)
+    if resolved is None:
+        raise CredentialMissing(
+            f"No API key configured for provider '{provider_type}' ({why}: {_env_names(provider_type)[0]})."
+        )
+    return resolved

@@ -260,15 +260,6 @@ def provider_credential(*, provider: Provider, tenant: Tenant | None, active_key
                                   api_key=key.secret.reveal(), api_base=provider.base_url or None,
                                   api_version=provider.api_version or None)
 
-    if tenant is None:  # an instance-level call (e.g. a sysadmin's connectivity test)
-        resolved = provider_fallback()
-        if resolved is None:
-            from credentials.resolution import CredentialMissing, global_env_credential
-
-            resolved = global_env_credential(provider.provider_type)
-            if resolved is None:
-                raise CredentialMissing(f"Provider '{provider.name}' has no active key and no global key is set.")
-        return _with_provider_defaults(resolved, provider)
     resolved = credential_resolve(tenant=tenant, provider_type=provider.provider_type,
                                   provider_fallback=provider_fallback, tenant_credential=tenant_credential)
     return _with_provider_defaults(resolved, provider)
