@@ -37,8 +37,6 @@ async def run(n, concurrency, stream, url):
 
 
 def main():
-    from tests.fake_upstream import start_fake_upstream
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)

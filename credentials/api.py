@@ -8,10 +8,11 @@ from ninja.errors import HttpError
 
 from tenants.actors import Actor
 from tenants.auth import super_api_key
+from tenants.schemas import ErrorOut
 from tenants.selectors import tenant_get
 
 from . import selectors, services
-from .schemas import CredentialDeleteOut, CredentialIn, CredentialListOut, CredentialSetOut, ErrorOut
+from .schemas import CredentialDeleteOut, CredentialIn, CredentialListOut, CredentialSetOut
 
 router = Router(tags=["sysadmin: tenant credentials"], auth=super_api_key)
 

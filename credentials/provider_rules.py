@@ -15,8 +15,6 @@ EXTRA_OPENAI_COMPATIBLE = {
 
 ALIASES = {"vllm": "hosted_vllm"}
 
-CREDENTIAL_FIELDS = ("api_key", "endpoint", "api_version", "deployment_name")
-
 
 @dataclass(frozen=True)
 class CredentialRequirements:

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from ninja import Field, Schema
 
-from tenants.schemas import ErrorOut, NoNulIn  # noqa: F401  (ErrorOut: the REST API's one error shape)
+from tenants.schemas import NoNulIn
 
 
 class CredentialIn(NoNulIn):

@@ -15,7 +15,7 @@ from tenants.services import audit_record
 
 from . import crypto
 from .fields import Sealed
-from .masking import last4_of, mask
+from .masking import last4_of
 from .models import TenantCredential
 from .provider_rules import normalise_provider_type, requirements_for
 
@@ -211,8 +211,6 @@ def credential_delete(*, actor: Actor, tenant: Tenant, provider_type: str) -> bo
     audit_record(actor=actor, action="credential.delete", target=cred, tenant=tenant, changes={"before": view, "after": None})
     return True
 
-
-__all__ = ["credential_set", "credential_delete", "mask"]
 
 
 def credential_list_viewed(*, actor: Actor, tenant: Tenant) -> None:

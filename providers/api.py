@@ -19,7 +19,7 @@ from ninja.pagination import paginate
 from credentials.provider_rules import UnknownProviderType, normalise_provider_type
 from tenants.actors import Actor
 from tenants.auth import tenant_key_auth
-from tenants.models import Tenant, TenantApiKey
+from tenants.models import TenantApiKey
 from tenants.pagination import Pagination
 from tenants.schemas import ErrorOut
 from tenants.scopes import Scope

@@ -26,7 +26,7 @@ from .choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
 from .connectivity import classify_error
 from .discovery import _headers, models_url
 from .models import AIModel, Provider, ProviderCheck
-from .provider_types import get_spec
+from .provider_types import get_spec, litellm_model_name
 
 
 @dataclass

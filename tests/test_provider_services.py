@@ -190,7 +190,7 @@ def test_only_active_models_of_active_providers_are_offered(tenant, people):
 
 def test_model_visibility_within_a_visible_provider(tenant, people):
     wide = make_provider(tenant=None, instance_wide=True, name="wide")
-    public = make_model(wide, model_id="public")
+    make_model(wide, model_id="public")
     private = make_model(wide, model_id="private", instance_wide=False)
     member = Principal.for_user(people["member"])
     assert [m.model_id for m in list_active_models(principal=member)] == ["public"]

@@ -2,7 +2,6 @@
 beat, against the fake upstream. Plus the health-check runner's time bound and the broker-down fallback."""
 import time
 
-import pytest
 from django.utils import timezone
 
 from providers.checks import check_start
@@ -156,3 +155,18 @@ def test_broker_down_runs_checks_inline(db, upstream, settings, client, tenant, 
         point_celery_at(*previous)
     check = ProviderCheck.objects.get(provider=p)
     assert check.state == "done" and check.ok and "ran_inline" in check.details
+
+
+def test_health_probe_by_completion_where_the_server_lists_no_models(db, upstream, settings):
+    """Azure has no model list: its health probe is the smallest real call through LiteLLM."""
+    settings.HEALTH_CHECK_TIMEOUT = 2.0
+    azure = make_provider(name="az", provider_type="azure", base_url=upstream.url, api_version="2024-06-01",
+                          api_key="az-health-0001")
+    make_model(azure, model_id="gpt4o-deploy")
+    no_model = make_provider(name="az-empty", provider_type="azure", base_url=upstream.url,
+                             api_version="2024-06-01", api_key="az-health-0002")
+    counts = health_check_providers([azure.pk, no_model.pk])
+    assert counts == {"healthy": 1, "unknown": 1}
+    request = upstream.last_request()
+    assert request["path"] == "/openai/deployments/gpt4o-deploy/chat/completions"
+    assert request["json"]["max_tokens"] == 1 and upstream.keys_seen() == ["az-health-0001"]

@@ -1,5 +1,4 @@
-from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.contrib import admin
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
@@ -94,5 +93,3 @@ class TenantCredentialAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     def save_related(self, request, form, formsets, change):
         pass  # no related objects; the service saved everything
 
-
-__all__ = ["TenantCredentialAdmin", "ValidationError", "messages"]

@@ -3,8 +3,7 @@ from django.core.exceptions import ValidationError
 
 from ..forms import SecretJSONField
 from ..models import TenantCredential
-from ..provider_rules import (CREDENTIAL_FIELDS, UnknownProviderType, normalise_provider_type, provider_types,
-                              requirements_for)
+from ..provider_rules import UnknownProviderType, normalise_provider_type, provider_types, requirements_for
 from ..services import KEEP, credential_check_input
 
 
@@ -83,5 +82,3 @@ class TenantCredentialAdminForm(forms.ModelForm):
                     self.add_error(target, message)
         return data
 
-
-__all__ = ["TenantCredentialAdminForm", "requirements_map", "CREDENTIAL_FIELDS"]
