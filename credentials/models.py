@@ -17,6 +17,10 @@ class TenantCredential(models.Model):
     endpoint = models.URLField(
         max_length=500, blank=True, help_text="Base URL of the provider API (required for azure; optional otherwise)."
     )
+    endpoint_approved = models.BooleanField(
+        default=False, editable=False,
+        help_text="The endpoint was set by a sysadmin, so it may be internal. Endpoints set by anyone else follow "
+                  "the egress policy (public addresses or ENDPOINT_ALLOWED_HOSTS only).")
     api_version = models.CharField(max_length=50, blank=True, help_text="API version (required for azure).")
     deployment_name = models.CharField(max_length=200, blank=True, help_text="Deployment name (required for azure).")
     extra = EncryptedJSONField(null=True, blank=True, help_text="Further provider-specific settings, encrypted.")

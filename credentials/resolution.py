@@ -1,4 +1,4 @@
-"""The one place that answers: which key and endpoint does tenant T use for provider type P?
+"""The one place that answers: which key does tenant T use for a provider, and where may that key go?
 
 Order (DESIGN.md):
 1. the tenant's own credential, if it has one. If it is incomplete or cannot be decrypted: an error,
@@ -6,6 +6,15 @@ Order (DESIGN.md):
 2. strict mode (TENANT_CREDENTIALS_ENABLED=true): no credential = a clear error;
 3. shared mode: the provider's own active key (passed in by the caller, the providers app), then the
    global key from the environment (OPENAI_API_KEY, ..., VLLM_MODEL_URL/VLLM_API_KEY).
+
+Keys are bound to endpoints, here and nowhere else:
+- the global env key goes only to the endpoint configured with it (its *_API_BASE variable, else the type's
+  default), so only to instance-level providers whose base URL is that endpoint;
+- a provider's own key goes only to that provider's base URL;
+- a tenant-owned provider is called only with its tenant's credential or its own keys, never with a shared key
+  (global or instance-level), and never on behalf of another tenant;
+- the result says whether its endpoint is tenant-controlled (`tenant_controlled`): then the egress policy's
+  tenant rule applies when the call connects (credentials.egress).
 
 Plaintext lives only in the returned object, for the duration of one call. Nothing here caches it.
 """
@@ -49,13 +58,15 @@ class ResolvedCredential:
     api_version: str | None = None
     deployment_name: str | None = None
     extra: dict = field(default_factory=dict)
+    tenant_controlled: bool = False  # the endpoint was set by a tenant: the egress policy's tenant rule applies
 
     def __repr__(self):
         from .masking import mask
 
         return (
             f"ResolvedCredential(provider_type={self.provider_type!r}, source={self.source!r}, "
-            f"api_key={mask(self.api_key)!r}, api_base={self.api_base!r})"
+            f"api_key={mask(self.api_key)!r}, api_base={self.api_base!r}, "
+            f"tenant_controlled={self.tenant_controlled!r})"
         )
 
     __str__ = __repr__
@@ -69,6 +80,21 @@ class ResolvedCredential:
         if self.api_version:
             kwargs["api_version"] = self.api_version
         return kwargs
+
+
+@dataclass(frozen=True)
+class ProviderEndpoint:
+    """The provider a call is for, as resolution needs it: its type, owner and configured endpoint."""
+
+    provider_type: str
+    owner_tenant_id: object | None = None  # None: an instance-level provider, configured by a sysadmin
+    base_url: str = ""  # "" = the type's default endpoint
+    api_version: str = ""
+    label: str = ""
+
+
+def _same_endpoint(a: str | None, b: str | None) -> bool:
+    return (a or "").strip().rstrip("/").lower() == (b or "").strip().rstrip("/").lower()
 
 
 # provider type -> (key variable, base-url variable, api-version variable, deployment variable)
@@ -118,7 +144,7 @@ def global_env_secrets() -> list[str]:
     return [os.environ[n] for n in names if os.environ.get(n)]
 
 
-def _from_tenant_credential(cred: TenantCredential, tenant_label: str) -> ResolvedCredential:
+def _from_tenant_credential(cred: TenantCredential, tenant_label: str, endpoint: ProviderEndpoint) -> ResolvedCredential:
     ptype = cred.provider_type
     try:
         api_key = cred.api_key.reveal() if cred.api_key is not None else None
@@ -141,7 +167,13 @@ def _from_tenant_credential(cred: TenantCredential, tenant_label: str) -> Resolv
             f"(missing: {', '.join(missing)}). Replace it with PUT "
             f"/api/v1/sysadmin/tenants/<tenant_id>/credentials/{ptype}."
         )
-    api_base = cred.endpoint or None
+    # The tenant's own key goes to the credential's endpoint, else to the provider's (an instance-level provider's
+    # is the operator's; a tenant-owned provider's is the tenant's own), else to the type's default.
+    api_base = cred.endpoint or endpoint.base_url or None
+    if cred.endpoint:
+        tenant_controlled = not cred.endpoint_approved
+    else:
+        tenant_controlled = endpoint.owner_tenant_id is not None and bool(endpoint.base_url)
     if ptype == "hosted_vllm" and not api_base:
         api_base = os.environ.get("VLLM_MODEL_URL", "").strip() or None
     if ptype in EXTRA_OPENAI_COMPATIBLE and not api_base:
@@ -151,9 +183,10 @@ def _from_tenant_credential(cred: TenantCredential, tenant_label: str) -> Resolv
         source="tenant",
         api_key=api_key,
         api_base=api_base,
-        api_version=cred.api_version or None,
+        api_version=cred.api_version or endpoint.api_version or None,
         deployment_name=cred.deployment_name or None,
         extra=extra or {},
+        tenant_controlled=tenant_controlled,
     )
 
 
@@ -161,43 +194,83 @@ def credential_resolve(
     *,
     tenant,
     provider_type: str,
-    provider_fallback: Callable[[], ResolvedCredential | None] | None = None,
+    provider_fallback: Callable[[], str | None] | None = None,
     tenant_credential: TenantCredential | None | type(...) = ...,
+    endpoint: ProviderEndpoint | None = None,
 ) -> ResolvedCredential:
-    """Resolve the credential tenant `tenant` uses for `provider_type`.
+    """Resolve the credential tenant `tenant` uses for a provider, bound to the endpoint it may be sent to.
 
-    `provider_fallback` returns the provider's own active key (shared mode only).
-    `tenant_credential` may be passed when the caller already loaded the row (or knows there is none,
-    with None) to save a query; by default it is looked up.
-    `tenant=None` is an instance-level call (e.g. a sysadmin's connectivity test): no tenant credential and no
-    strict mode, just the provider's key, then the global one.
+    `endpoint` describes the provider (owner, base URL); without it, an instance-level provider at the type's
+    default endpoint. `provider_fallback` returns the provider's own active key (plaintext) or None.
+    `tenant_credential` may be passed when the caller already loaded the row (or knows there is none, with
+    None) to save a query; by default it is looked up.
+    `tenant=None` is an instance-level call (e.g. a sysadmin's connectivity test of an instance-level provider):
+    no tenant credential and no strict mode, just the provider's key, then the global one.
     """
+    endpoint = endpoint or ProviderEndpoint(provider_type=provider_type)
+    owner = endpoint.owner_tenant_id
     if tenant is None:
-        return _shared_fallback(provider_type, provider_fallback, "instance level: the provider has no active key "
-                                                                  "and no global key is set")
+        if owner is not None:
+            raise CredentialMissing("A tenant-owned provider is only called on behalf of its tenant.")
+        return _shared_fallback(provider_type, provider_fallback, endpoint, "instance level: the provider has no "
+                                                                          "active key and no global key is set")
     tenant_label = getattr(tenant, "slug", None) or str(tenant)
+    if owner is not None and owner != tenant.pk:
+        raise CredentialMissing(f"Provider '{endpoint.label or provider_type}' belongs to another tenant: it is "
+                                f"never called with tenant '{tenant_label}''s credentials.")
     if tenant_credential is ...:
         tenant_credential = TenantCredential.objects.filter(tenant=tenant, provider_type=provider_type).first()
     if tenant_credential is not None:
-        return _from_tenant_credential(tenant_credential, tenant_label)
+        return _from_tenant_credential(tenant_credential, tenant_label, endpoint)
     if settings.TENANT_CREDENTIALS_ENABLED:
         raise CredentialMissing(
             f"No API key configured for provider '{provider_type}' (tenant '{tenant_label}'). "
             "Tenant-specific credentials are enabled - each tenant must configure their own credentials. "
             f"A sysadmin can set one with PUT /api/v1/sysadmin/tenants/<tenant_id>/credentials/{provider_type}."
         )
-    return _shared_fallback(provider_type, provider_fallback, f"tenant '{tenant_label}': the tenant has no "
-                                                              "credential, the provider has no active key and no "
-                                                              "global key is set")
+    if owner is not None:
+        key = provider_fallback() if provider_fallback is not None else None
+        if key is None:
+            raise CredentialMissing(
+                f"No API key for provider '{endpoint.label or provider_type}' (tenant '{tenant_label}'): it belongs "
+                "to the tenant and has no active key of its own. Shared keys (the global key, instance-level "
+                "providers' keys) are never sent to an endpoint a tenant configured: add a key to the provider, "
+                f"or have a sysadmin set the tenant's credential for '{provider_type}'."
+            )
+        return _provider_key(provider_type, key, endpoint, tenant_controlled=True)
+    return _shared_fallback(provider_type, provider_fallback, endpoint, f"tenant '{tenant_label}': the tenant has "
+                                                                        "no credential, the provider has no active "
+                                                                        "key and no global key is set")
 
 
-def _shared_fallback(provider_type: str, provider_fallback, why: str) -> ResolvedCredential:
-    """Shared mode: the provider's own active key, then the global environment key, else a clear error."""
-    resolved = provider_fallback() if provider_fallback is not None else None
-    if resolved is None:
-        resolved = global_env_credential(provider_type)
+def _provider_key(provider_type: str, key: str, endpoint: ProviderEndpoint, *, tenant_controlled: bool):
+    """A provider's own key: sent only to that provider's base URL (or the type's default)."""
+    api_base = endpoint.base_url or EXTRA_OPENAI_COMPATIBLE.get(provider_type) or None
+    return ResolvedCredential(provider_type=provider_type, source="provider_key", api_key=key, api_base=api_base,
+                              api_version=endpoint.api_version or None, tenant_controlled=tenant_controlled)
+
+
+def _shared_fallback(provider_type: str, provider_fallback, endpoint: ProviderEndpoint, why: str):
+    """Instance-level provider, shared mode: its own active key, then the global environment key (only where
+    the provider's endpoint is the one configured with that key), else a clear error."""
+    key = provider_fallback() if provider_fallback is not None else None
+    if key is not None:
+        return _provider_key(provider_type, key, endpoint, tenant_controlled=False)
+    resolved = global_env_credential(provider_type)
     if resolved is None:
         raise CredentialMissing(
             f"No API key configured for provider '{provider_type}' ({why}: {_env_names(provider_type)[0]})."
         )
+    if endpoint.base_url and not _same_endpoint(endpoint.base_url, resolved.api_base):
+        key_var, base_var = _env_names(provider_type)[:2]
+        bound_to = resolved.api_base or f"the default '{provider_type}' endpoint"
+        raise CredentialMissing(
+            f"No API key for provider '{endpoint.label or provider_type}': the global key {key_var} is only sent "
+            f"to the endpoint configured with it ({bound_to}{f', {base_var}' if base_var else ''}), and this "
+            "provider points elsewhere. Add a key to the provider."
+        )
+    if resolved.api_version is None and endpoint.api_version:
+        from dataclasses import replace
+
+        resolved = replace(resolved, api_version=endpoint.api_version)
     return resolved

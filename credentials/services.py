@@ -1,10 +1,7 @@
 from __future__ import annotations
 
-import ipaddress
-import socket
 from urllib.parse import urlsplit
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -14,6 +11,7 @@ from tenants.models import Tenant
 from tenants.services import audit_record
 
 from . import crypto
+from .egress import endpoint_allowed
 from .fields import Sealed
 from .masking import last4_of
 from .models import TenantCredential
@@ -23,9 +21,10 @@ from .provider_rules import normalise_provider_type, requirements_for
 KEEP = object()  # admin edits: "keep the stored extra settings"
 
 
-def endpoint_validate(endpoint: str) -> str:
-    """A clean http(s) base URL, or "" for none. Single-label hosts (http://vllm:8000/v1) are fine;
-    credentials in the URL are not (they would be stored and shown in clear)."""
+def endpoint_validate(endpoint: str, *, tenant_controlled: bool = True) -> str:
+    """A clean http(s) base URL, or "" for none. Credentials in the URL are not allowed (they would be stored and
+    shown in clear). A tenant-controlled endpoint must pass the egress policy (credentials.egress): a public
+    address or ENDPOINT_ALLOWED_HOSTS. Operators' endpoints may be internal (http://vllm:8000/v1)."""
     endpoint = (endpoint or "").strip()
     if not endpoint:
         return ""
@@ -44,61 +43,18 @@ def endpoint_validate(endpoint: str) -> str:
     if parts.query or parts.fragment:
         raise ValidationError({"endpoint": "The URL must not contain a query string or fragment; keys go in the "
                                            "key field, never in the URL."})
-    if settings.ENDPOINT_ALLOWED_HOSTS and _is_internal(parts.hostname) and not _allowed(parts.hostname):
-        raise ValidationError({"endpoint": f"'{parts.hostname}' is an internal address that is not in "
-                                           "ENDPOINT_ALLOWED_HOSTS. An operator must approve it there first."})
+    if tenant_controlled:
+        refused = endpoint_allowed(parts.hostname)
+        if refused:
+            raise ValidationError({"endpoint": f"{refused}: endpoints set by a tenant may only reach public "
+                                               "addresses. A sysadmin can approve an internal host in "
+                                               "ENDPOINT_ALLOWED_HOSTS."})
     return endpoint.rstrip("/")
-
-
-_INTERNAL_SUFFIXES = (".local", ".localhost", ".internal", ".lan", ".home.arpa", ".intranet", ".corp")
-
-
-def _addresses(host: str) -> list[ipaddress._BaseAddress]:
-    try:
-        return [ipaddress.ip_address(host.strip("[]"))]
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return []  # unresolvable here: judged by its name only
-    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-
-
-def _is_internal(host: str) -> bool:
-    """Loopback, private, link-local (cloud metadata), reserved addresses, and names that point there."""
-    name = host.lower().rstrip(".")
-    if name == "localhost" or "." not in name and ":" not in name or name.endswith(_INTERNAL_SUFFIXES):
-        return True
-    return any(a.is_private or a.is_loopback or a.is_link_local or a.is_reserved or a.is_multicast
-               or a.is_unspecified for a in _addresses(name))
-
-
-def _allowed(host: str) -> bool:
-    """ENDPOINT_ALLOWED_HOSTS entries: a host name, *.domain, or a network (10.0.0.0/8, 192.168.1.5)."""
-    name = host.lower().rstrip(".").strip("[]")
-    addresses = None
-    for entry in settings.ENDPOINT_ALLOWED_HOSTS:
-        entry = entry.strip().lower()
-        if not entry:
-            continue
-        if entry.startswith("*.") and (name.endswith(entry[1:]) or name == entry[2:]):
-            return True
-        if name == entry:
-            return True
-        try:
-            network = ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            continue
-        addresses = _addresses(name) if addresses is None else addresses
-        if addresses and all(a in network for a in addresses):
-            return True
-    return False
 
 
 def credential_check_input(
     *, provider_type: str, api_key: str | None, endpoint: str = "", api_version: str = "",
-    deployment_name: str = "", extra=None, key_optional: bool = False,
+    deployment_name: str = "", extra=None, key_optional: bool = False, tenant_controlled: bool = True,
 ) -> tuple[str, dict]:
     """Validate a credential for a (normalised) provider type; returns (api_key, cleaned values).
 
@@ -119,7 +75,7 @@ def credential_check_input(
             errors[name] = f"This field is required ({reqs.describe()})."
     if not errors.get("endpoint"):
         try:
-            values["endpoint"] = endpoint_validate(values["endpoint"])
+            values["endpoint"] = endpoint_validate(values["endpoint"], tenant_controlled=tenant_controlled)
         except ValidationError as exc:
             errors.update(exc.message_dict)
     if extra is not None and extra is not KEEP and not isinstance(extra, dict):
@@ -153,6 +109,7 @@ def credential_set(
     api_key, values = credential_check_input(
         provider_type=provider_type, api_key=api_key, endpoint=endpoint, api_version=api_version,
         deployment_name=deployment_name, extra=extra, key_optional=key_kept,
+        tenant_controlled=not (actor.is_operator or endpoint_stays_approved(existing, endpoint)),
     )
 
     cred = existing or TenantCredential(tenant=tenant, provider_type=provider_type)
@@ -160,6 +117,10 @@ def credential_set(
     if not key_kept:
         cred.api_key = Sealed(crypto.encrypt(api_key))
         cred.api_key_last4 = last4_of(api_key)
+    # A sysadmin's endpoint is approved (may be internal); one set by anyone else is not. A tenant admin
+    # replacing only the key keeps the approval of the endpoint a sysadmin set.
+    if not endpoint_stays_approved(existing, values["endpoint"]):
+        cred.endpoint_approved = actor.is_operator and bool(values["endpoint"])
     cred.endpoint = values["endpoint"]
     cred.api_version = values["api_version"]
     cred.deployment_name = values["deployment_name"]
@@ -179,6 +140,11 @@ def credential_set(
         changes={"before": before, "after": after},
     )
     return cred
+
+
+def endpoint_stays_approved(existing: TenantCredential | None, endpoint: str) -> bool:
+    return (existing is not None and existing.endpoint_approved
+            and existing.endpoint == (endpoint or "").strip().rstrip("/"))
 
 
 def _json(value) -> str:

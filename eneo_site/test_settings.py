@@ -10,6 +10,9 @@ os.environ.setdefault("SUPER_API_KEY", "test-super-api-key-0123456789")
 os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
 os.environ["ENV_FILE"] = "/nonexistent"  # never read a developer's .env in tests
+# The fake upstream (tests/fake_upstream) listens on 127.0.0.1: an operator-approved internal host. Attacker servers
+# in the egress tests listen on 127.0.0.2 / 127.0.0.3, which stay outside the list.
+os.environ.setdefault("ENDPOINT_ALLOWED_HOSTS", "127.0.0.1")
 
 from .settings import *  # noqa: E402,F401,F403
 
@@ -19,6 +22,8 @@ CELERY_TASK_EAGER_PROPAGATES = True
 LOG_LEVEL = os.environ.get("TEST_LOG_LEVEL", "DEBUG")
 LOGGING["root"]["level"] = LOG_LEVEL  # noqa: F405  (canary tests read DEBUG logs)
 LOGGING["loggers"]["asyncio"] = {"level": "WARNING"}  # noqa: F405
+# The suite sends many bad keys from 127.0.0.1; tests/test_auth_throttle.py lowers this with the settings fixture.
+AUTH_FAILURE_LIMIT = 1_000_000
 
 # Worker tests run a real Celery worker in another process: it must see the test database, so SQLite tests
 # use a file (PostgreSQL tests use the server's test database anyway), and the broker is Redis when given.

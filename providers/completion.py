@@ -8,10 +8,10 @@ On a provider failure that is not the caller's fault (429, 5xx, timeout, connect
 missing credential), the next model of the same alias is tried. Errors carry OpenAI's JSON shape and never
 a key: upstream texts are masked and reduced to their first line.
 
-Keys: LiteLLM caches one SDK client per (api_key, api_base, ...) in memory for an hour. To keep our
-promise that plaintext keys are not kept in memory, the SDK client is created with a placeholder key and
-the real key travels only in this call's headers; the side effect is one shared connection pool per
-upstream for all tenants.
+Keys travel only to the endpoint credential resolution bound them to (`_credential`), under the egress rule it
+chose (`egress_scope`); the caller's body contributes only fields of the public API schema (request_schema), and
+a model's stored settings only call parameters (`model_settings`). See providers.llm for why keys go in per-call
+headers.
 """
 from __future__ import annotations
 
@@ -25,30 +25,22 @@ from django.conf import settings
 from django.utils import timezone
 
 from credentials.crypto import DecryptionError
+from credentials.egress import egress_denied, egress_scope
 from credentials.masking import mask_text, secret_scope
 from credentials.resolution import CredentialError, CredentialMissing, CredentialUndecryptable
 from tenants.models import Tenant, TenantApiKey
 
-from .breaker import breaker
+from .breaker import breaker, provider_fault
 from .catalog import Snapshot, catalog, qualified_name, split_prefix
 from .choices import ModelType
 from .limits import limiter
+from .request_schema import NOT_FORWARDED, RequestInvalid, validate_request
 from .models import AIModel
-from .provider_types import get_spec, litellm_model_name
-from .services import provider_credential
+from .provider_types import litellm_model_name
+from .services import model_settings, provider_credential
 from .usage import cost_of, writer
 
 log = logging.getLogger("eneo.gateway")
-
-PLACEHOLDER_KEY = "sk-eneo-gateway-placeholder"
-# Types whose LiteLLM path lets a per-call Authorization header replace the client's key (checked against the
-# fake upstream with LiteLLM 1.108.6). The others take the key as api_key; their handlers cache no SDK client.
-KEY_IN_HEADERS = frozenset({
-    "openai", "custom_openai", "scaleway", "lm_studio", "deepinfra", "nebius", "perplexity", "cerebras",
-    "sambanova", "nvidia_nim", "litellm_proxy", "llamafile", "github", "codestral", "volcengine", "dashscope",
-    "moonshot", "novita", "featherless_ai", "nscale", "hyperbolic", "lambda_ai", "galadriel", "friendliai",
-    "xinference", "docker_model_runner",
-})
 
 
 class GatewayError(Exception):
@@ -114,26 +106,13 @@ def _credential(caller: Caller, model: AIModel):
 
 
 def _call_params(model: AIModel, cred) -> dict:
-    """LiteLLM arguments for this model: name, base, version, and the key in per-call headers only."""
-    provider = model.provider
-    spec = get_spec(provider.provider_type)
-    ptype = provider.provider_type
-    params = {"model": qualified_name(model), **cred.litellm_kwargs(), "timeout": settings.GATEWAY_TIMEOUT,
-              "num_retries": 0, "max_retries": 0, "drop_params": True}
-    key = cred.api_key
-    if ptype == "azure":
-        params["api_key"] = PLACEHOLDER_KEY
-        params["extra_headers"] = {"api-key": key or ""}
-    elif spec.litellm_prefix in KEY_IN_HEADERS:
-        params["api_key"] = PLACEHOLDER_KEY
-        params["extra_headers"] = {"Authorization": f"Bearer {key}"} if key else {}
-    else:
-        params["api_key"] = key  # LiteLLM's own HTTP handlers: headers are built per call, no client is cached
-    if model.model_config is not None:
-        extra = model.model_config.reveal()
-        if isinstance(extra, dict):
-            for k, v in extra.items():
-                params.setdefault(k, v)
+    """LiteLLM arguments for this model: the model's stored call settings, then name, endpoint and key (from
+    the credential only), timeouts."""
+    from .llm import call_kwargs
+
+    params = model_settings(model)
+    params.update({"model": qualified_name(model), **call_kwargs(model.provider.provider_type, cred),
+                   "timeout": settings.GATEWAY_TIMEOUT, "num_retries": 0, "max_retries": 0, "drop_params": True})
     return params
 
 
@@ -142,6 +121,10 @@ def _map_upstream(exc: Exception, model: AIModel) -> tuple[GatewayError, bool]:
     from .llm import litellm
 
     label = model.alias or model.model_id
+    denied = egress_denied(exc)
+    if denied is not None:
+        return GatewayError(502, f"The endpoint of the provider of '{label}' is not allowed: {denied}",
+                            type_="api_error", code="endpoint_not_allowed"), True
     first_line = mask_text((str(exc).splitlines() or [type(exc).__name__])[0])[:300]
     if isinstance(exc, litellm.ContextWindowExceededError):
         return GatewayError(400, f"The request is too long for model '{label}': {first_line}",
@@ -207,11 +190,23 @@ def _usage(caller: Caller, model: AIModel | None, requested: str, endpoint: str,
     ))
 
 
+def _breaker_key(caller: Caller, model: AIModel, cred) -> tuple:
+    """Failures with a tenant's own credential pause only that tenant's use of the provider; failures with a
+    shared key pause it for everyone who uses that key."""
+    return (model.provider_id, caller.tenant.pk if cred.source == "tenant" else None)
+
+
 async def _attempts(caller: Caller, candidates: list[AIModel], call):
     """Try candidates in order; `call(model, params)` does the upstream call. Returns (model, result)."""
     first_error: GatewayError | None = None
     for model in candidates:
-        if not breaker.allows(model.provider_id):
+        try:
+            cred = _credential(caller, model)
+        except (CredentialError, DecryptionError) as exc:
+            first_error = first_error or _credential_error(exc)
+            continue
+        breaker_key = _breaker_key(caller, model, cred)
+        if not breaker.allows(breaker_key):
             first_error = first_error or GatewayError(
                 503, f"The provider of '{model.alias or model.model_id}' is failing; calls to it are paused for "
                      f"up to {settings.GATEWAY_BREAKER_SECONDS:g} s.", type_="api_error", code="provider_paused",
@@ -224,23 +219,18 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call):
                                                       retry_after=denied.retry_after)
             continue
         try:
-            try:
-                cred = _credential(caller, model)
-            except (CredentialError, DecryptionError) as exc:
-                first_error = first_error or _credential_error(exc)
-                continue
             params = _call_params(model, cred)
-            with secret_scope(cred.api_key):
+            with secret_scope(cred.api_key), egress_scope(tenant_controlled=cred.tenant_controlled):
                 try:
                     result = await call(model, params)
-                    breaker.success(model.provider_id)
+                    breaker.success(breaker_key)
                     return model, result
                 except GatewayError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped, masked, maybe failed over
                     error, retryable = _map_upstream(exc, model)
-                    if error.status >= 500:
-                        breaker.failure(model.provider_id)
+                    if provider_fault(exc):
+                        breaker.failure(breaker_key)
                     log.info("gateway: %s via provider %s failed: %s", model.model_id, model.provider_id,
                              error.code)
                     if not retryable:
@@ -251,19 +241,32 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call):
     raise first_error or GatewayError(502, "No provider could serve the request.", type_="api_error")
 
 
-async def chat_completion(caller: Caller, body: dict):
-    """Non-streaming: returns the response dict. Streaming: returns an async iterator of SSE bytes."""
+def _forwarded(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k != "model" and k not in NOT_FORWARDED}
+
+
+def _validated(endpoint: str, body: dict, raw: bytes | None):
+    try:
+        validate_request(endpoint, body, raw)
+    except RequestInvalid as exc:
+        raise GatewayError(400, exc.message, type_="invalid_request_error", param=exc.param, code=exc.code) from None
+
+
+async def chat_completion(caller: Caller, body: dict, raw: bytes | None = None):
+    """Non-streaming: returns the response dict. Streaming: returns an async iterator of SSE bytes.
+
+    `body` holds only what the caller sent (validated here against the public API schema); `raw` is the request
+    body as received, if at hand."""
     from .llm import litellm
 
     started = time.monotonic()
+    _validated("chat.completions", body, raw)
     requested = body.get("model")
     candidates = await resolve_models(caller, requested, model_type=ModelType.INFERENCE)
     await _check_budget(caller)
     stream = bool(body.get("stream"))
-    call_body = {k: v for k, v in body.items() if k not in ("model", "api_key", "api_base", "base_url",
-                                                             "api_version", "extra_headers", "timeout",
-                                                             "num_retries", "metadata", "user_api_key")}
-    if not isinstance(call_body.get("messages"), list) or not call_body["messages"]:
+    call_body = _forwarded(body)
+    if not call_body.get("messages"):
         raise GatewayError(400, "'messages' must be a non-empty list.", type_="invalid_request_error",
                            param="messages")
     wants_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else True
@@ -336,10 +339,11 @@ async def _sse(caller, model, requested, started, iterator, first, wants_usage):
         await limiter.add_tokens(model.provider, usage.get("total_tokens") or 0)
 
 
-async def embeddings(caller: Caller, body: dict) -> dict:
+async def embeddings(caller: Caller, body: dict, raw: bytes | None = None) -> dict:
     from .llm import litellm
 
     started = time.monotonic()
+    _validated("embeddings", body, raw)
     requested = body.get("model")
     candidates = await resolve_models(caller, requested, model_type=ModelType.EMBEDDING)
     await _check_budget(caller)
@@ -347,10 +351,10 @@ async def embeddings(caller: Caller, body: dict) -> dict:
     if not (isinstance(inp, str) and inp) and not (isinstance(inp, list) and inp):
         raise GatewayError(400, "'input' must be a non-empty string or list.", type_="invalid_request_error",
                            param="input")
-    extra = {k: body[k] for k in ("dimensions", "encoding_format", "user") if k in body}
+    call_body = _forwarded(body)
 
     async def call(model, params):
-        return await litellm.aembedding(input=inp, **extra, **params)
+        return await litellm.aembedding(**call_body, **params)
 
     try:
         model, response = await _attempts(caller, candidates, call)

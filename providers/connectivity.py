@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.utils import timezone
 
+from credentials.egress import egress_denied, egress_scope
 from credentials.masking import mask_text, secret_scope
 from credentials.resolution import CredentialError, ResolvedCredential
 
@@ -52,6 +53,9 @@ def classify_error(exc: Exception) -> tuple[str, str]:
 
     if isinstance(exc, CredentialError):
         return HealthStatus.DOWN, str(exc)
+    denied = egress_denied(exc)
+    if denied is not None:
+        return HealthStatus.DOWN, f"Endpoint not allowed: {denied}"
     if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
         return HealthStatus.DOWN, "Invalid API key"
     if isinstance(exc, (litellm.Timeout, litellm.APIConnectionError)) or _connection_failed(exc):
@@ -65,18 +69,21 @@ def classify_error(exc: Exception) -> tuple[str, str]:
 
 
 def _probe(provider: Provider, model: AIModel | None, model_id: str, model_type: str, cred: ResolvedCredential):
-    from .llm import litellm
+    """One tiny real call with the resolved credential, to the endpoint it is bound to, under its egress rule."""
+    from .llm import call_kwargs, litellm
+    from .services import model_settings
 
     name = litellm_model_name(provider.provider_type, model_id)
-    timeout = settings.PROVIDER_TEST_TIMEOUT
-    with secret_scope(cred.api_key):
+    kwargs = {**(model_settings(model) if model is not None else {}), "model": name,
+              **call_kwargs(provider.provider_type, cred), "timeout": settings.PROVIDER_TEST_TIMEOUT,
+              "num_retries": 0, "max_retries": 0}
+    with secret_scope(cred.api_key), egress_scope(tenant_controlled=cred.tenant_controlled):
         if model_type == ModelType.EMBEDDING:
-            litellm.embedding(model=name, input=["test"], timeout=timeout, num_retries=0, max_retries=0, **cred.litellm_kwargs())
+            litellm.embedding(input=["test"], **kwargs)
         else:
-            extra = model.model_config.reveal() if model is not None and model.model_config is not None else {}
             max_tokens = settings.PROBE_MAX_TOKENS_REASONING if (model and model.supports_reasoning) else 1
-            litellm.completion(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens,
-                               timeout=timeout, num_retries=0, max_retries=0, drop_params=True, **{**extra, **cred.litellm_kwargs()})
+            litellm.completion(messages=[{"role": "user", "content": "hi"}], drop_params=True,
+                               **{**kwargs, "max_tokens": max_tokens})
 
 
 def _test_candidates(provider: Provider) -> list[tuple[AIModel | None, str, str]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import httpx
 from django.conf import settings
 
+from credentials.egress import EgressDenied, egress_scope, sync_client
 from credentials.masking import mask_text, secret_scope
 
 MAX_IDS = 2000
@@ -49,23 +50,29 @@ def _ids(payload) -> list[str]:
     return sorted(set(ids))
 
 
-def discover_model_ids(*, provider_type: str, base_url: str, api_key: str = "") -> Discovery:
+def discover_model_ids(*, provider_type: str, base_url: str, api_key: str = "", tenant_controlled: bool = True
+                       ) -> Discovery:
+    """The ids a server lists. `tenant_controlled`: the base URL was set by a tenant (egress policy applies)."""
     url = models_url(provider_type, base_url)
     timeout = getattr(settings, "PROVIDER_DISCOVERY_TIMEOUT", 5.0)
 
     def failed(reason: str) -> Discovery:
         return Discovery(error=mask_text(f"Could not list the models at {url}: {reason}."))
 
-    with secret_scope(api_key):
+    with secret_scope(api_key), egress_scope(tenant_controlled=tenant_controlled):
         try:
-            response = httpx.get(url, headers=_headers(provider_type, api_key), timeout=timeout,
-                                 follow_redirects=False)
+            with sync_client(timeout=timeout) as client:
+                response = client.get(url, headers=_headers(provider_type, api_key))
+        except EgressDenied as exc:
+            return failed(str(exc))
         except httpx.TimeoutException:
             return failed(f"no answer within {timeout:g} s")
         except httpx.HTTPError:
             return failed("could not connect to the API")
         if response.status_code in (401, 403):
             return failed(f"invalid API key (HTTP {response.status_code})")
+        if 300 <= response.status_code < 400:
+            return failed(f"HTTP {response.status_code} (a redirect, which is never followed)")
         if response.status_code != 200:
             return failed(f"HTTP {response.status_code}")
         try:
@@ -99,7 +106,8 @@ def models_discover(*, provider, actor) -> dict:
         base = cred.api_base or provider.base_url or spec.default_base_url
         if not base:
             return {"ok": False, "error": "No base URL to list models from."}
-        found = discover_model_ids(provider_type=provider.provider_type, base_url=base, api_key=cred.api_key or "")
+        found = discover_model_ids(provider_type=provider.provider_type, base_url=base, api_key=cred.api_key or "",
+                                   tenant_controlled=cred.tenant_controlled)
         if found.error:
             return {"ok": False, "error": found.error}
         offered, source, authoritative = set(found.ids), "server", True

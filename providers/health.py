@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from credentials.egress import EgressDenied, async_client, egress_scope
 from credentials.masking import mask_text, secret_scope
 from credentials.resolution import CredentialError, ResolvedCredential
 
@@ -64,7 +65,7 @@ def _plan(provider: Provider) -> Probe:
 async def _probe(probe: Probe, client: httpx.AsyncClient) -> ProbeResult:
     provider, cred = probe.provider, probe.cred
     started = time.monotonic()
-    with secret_scope(cred.api_key):
+    with secret_scope(cred.api_key), egress_scope(tenant_controlled=cred.tenant_controlled):
         try:
             if probe.model is None:
                 base = cred.api_base or provider.base_url or get_spec(provider.provider_type).default_base_url
@@ -76,10 +77,13 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> ProbeResult:
                 if response.status_code == 429:
                     return ProbeResult(False, HealthStatus.DEGRADED, "Rate limited by the provider (429)", latency)
                 if response.status_code != 200:
-                    return ProbeResult(False, HealthStatus.DOWN, f"Model list answered HTTP {response.status_code}",
-                                       latency)
+                    redirect = " (a redirect, never followed)" if 300 <= response.status_code < 400 else ""
+                    return ProbeResult(False, HealthStatus.DOWN,
+                                       f"Model list answered HTTP {response.status_code}{redirect}", latency)
                 return ProbeResult(True, HealthStatus.HEALTHY, "OK (model list)", latency)
             return await _probe_call(probe, started)
+        except EgressDenied as exc:
+            return ProbeResult(False, HealthStatus.DOWN, f"Endpoint not allowed: {exc}", None)
         except (httpx.TimeoutException, asyncio.TimeoutError):
             return ProbeResult(False, HealthStatus.DOWN, "Could not connect to the API (timeout)", None)
         except httpx.HTTPError:
@@ -90,25 +94,27 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> ProbeResult:
 
 
 async def _probe_call(probe: Probe, started: float) -> ProbeResult:
-    from .llm import litellm
+    from .llm import call_kwargs, litellm
+    from .services import model_settings
 
     model, cred = probe.model, probe.cred
-    kwargs = {"model": litellm_model_name(probe.provider.provider_type, model.model_id), **cred.litellm_kwargs(),
-              "timeout": settings.HEALTH_CHECK_TIMEOUT, "num_retries": 0, "max_retries": 0}
+    kwargs = {**model_settings(model), "model": litellm_model_name(probe.provider.provider_type, model.model_id),
+              **call_kwargs(probe.provider.provider_type, cred), "timeout": settings.HEALTH_CHECK_TIMEOUT,
+              "num_retries": 0, "max_retries": 0}
     if model.model_type == ModelType.EMBEDDING:
         await litellm.aembedding(input=["test"], **kwargs)
     else:
         max_tokens = settings.PROBE_MAX_TOKENS_REASONING if model.supports_reasoning else settings.HEALTH_PROBE_MAX_TOKENS
-        await litellm.acompletion(messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens,
-                                  drop_params=True, **kwargs)
+        await litellm.acompletion(messages=[{"role": "user", "content": "hi"}], drop_params=True,
+                                  **{**kwargs, "max_tokens": max_tokens})
     return ProbeResult(True, HealthStatus.HEALTHY, f"OK ({model.model_id})", int((time.monotonic() - started) * 1000))
 
 
 async def _run(probes: list[Probe]) -> list[ProbeResult]:
     limit = asyncio.Semaphore(settings.HEALTH_CHECK_CONCURRENCY)
     timeout = settings.HEALTH_CHECK_TIMEOUT
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                 limits=httpx.Limits(max_connections=settings.HEALTH_CHECK_CONCURRENCY)) as client:
+    async with async_client(timeout=timeout,
+                            limits=httpx.Limits(max_connections=settings.HEALTH_CHECK_CONCURRENCY)) as client:
 
         async def one(probe: Probe) -> ProbeResult:
             if probe.error:

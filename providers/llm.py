@@ -2,11 +2,68 @@
 
 Imported where a call is made, not at start-up: importing LiteLLM takes about 2 s, which every manage.py
 command, the beat scheduler and the admin would otherwise pay for nothing.
+
+Every HTTP client LiteLLM builds (its own handlers' and the OpenAI/Azure SDK clients it creates) gets the
+project's egress transport (credentials.egress): the egress policy is applied to the address each connection
+really goes to, redirects are never followed, and environment proxies are not used. These are LiteLLM's client
+factories (`create_async_transport`, `_create_sync_transport`, `_get_sync_http_client`); a LiteLLM upgrade that
+renames them fails tests/test_egress.py, which calls each provider family against an address the policy refuses.
 """
+import httpx
 import litellm
+from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler, HTTPHandler
+from litellm.llms.openai.common_utils import BaseOpenAILLM
+
+from credentials.egress import EgressTransport, SyncEgressTransport
 
 litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners on stdout
 litellm.telemetry = False
 litellm.success_callback, litellm.failure_callback, litellm.callbacks = [], [], []
 
-__all__ = ["litellm"]
+
+def _async_transport(*args, **kwargs):
+    return EgressTransport()
+
+
+def _sync_openai_client():
+    return httpx.Client(transport=SyncEgressTransport(), follow_redirects=False, trust_env=False)
+
+
+AsyncHTTPHandler.create_async_transport = staticmethod(_async_transport)
+AsyncHTTPHandler._create_async_transport = staticmethod(_async_transport)
+AsyncHTTPHandler.create_httpx_proxy_mounts = staticmethod(lambda *args, **kwargs: None)
+HTTPHandler._create_sync_transport = lambda self: SyncEgressTransport()
+HTTPHandler._create_sync_proxy_mounts = lambda self, *args, **kwargs: None
+BaseOpenAILLM._get_sync_http_client = staticmethod(_sync_openai_client)
+
+# Keys and LiteLLM's client cache: LiteLLM keeps one SDK client per (api_key, api_base, ...) in memory for an hour.
+# To keep plaintext keys out of memory, the SDK-client types get a placeholder key and the real key travels only in
+# this call's headers (checked per type against the fake upstream with LiteLLM 1.108.6, and by
+# tests/test_egress.py::test_no_key_in_litellm_client_cache). The other types use LiteLLM's own HTTP handlers,
+# which build headers per call and cache no key.
+PLACEHOLDER_KEY = "sk-eneo-gateway-placeholder"
+KEY_IN_HEADERS = frozenset({
+    "openai", "custom_openai", "scaleway", "lm_studio", "deepinfra", "nebius", "perplexity", "cerebras",
+    "sambanova", "nvidia_nim", "litellm_proxy", "llamafile", "github", "codestral", "volcengine", "dashscope",
+    "moonshot", "novita", "featherless_ai", "nscale", "hyperbolic", "lambda_ai", "galadriel", "friendliai",
+    "xinference", "docker_model_runner",
+})
+
+
+def call_kwargs(provider_type: str, cred) -> dict:
+    """api_key, api_base, api_version (and key headers) for one LiteLLM call with a resolved credential: the
+    gateway, connectivity tests, model validation and health probes all build their calls here."""
+    from .provider_types import get_spec
+
+    params = cred.litellm_kwargs()
+    key = cred.api_key
+    if provider_type == "azure":
+        params["api_key"] = PLACEHOLDER_KEY
+        params["extra_headers"] = {"api-key": key or ""}
+    elif get_spec(provider_type).litellm_prefix in KEY_IN_HEADERS:
+        params["api_key"] = PLACEHOLDER_KEY
+        params["extra_headers"] = {"Authorization": f"Bearer {key}"} if key else {}
+    return params
+
+
+__all__ = ["litellm", "call_kwargs"]

@@ -12,7 +12,7 @@ from credentials import crypto
 from credentials.fields import Sealed
 from credentials.masking import last4_of
 from credentials.provider_rules import UnknownProviderType, normalise_provider_type
-from credentials.resolution import ResolvedCredential, credential_resolve
+from credentials.resolution import ProviderEndpoint, ResolvedCredential, credential_resolve
 from credentials.services import endpoint_validate
 from tenants.actors import Actor
 from tenants.models import Tenant, TenantMembership
@@ -21,6 +21,7 @@ from tenants.services import audit_record
 from .choices import AclRole, ModelType
 from .models import AIModel, FavouriteProviderType, Provider, ProviderKey, TenantModelEnablement
 from .provider_types import get_spec, known_model
+from .request_schema import REQUEST_ONLY, request_fields, routing_keys, validate_call_settings
 
 
 class Conflict(Exception):
@@ -69,11 +70,25 @@ def _check_capabilities(capabilities) -> dict:
     return {k: bool(v) for k, v in capabilities.items()}
 
 
+def _check_provider_config(config) -> dict:
+    """Provider settings of the type's own; the endpoint is base_url, keys are provider keys, and nothing here
+    may choose a transport or headers (422 naming the keys)."""
+    if not isinstance(config, dict):
+        raise ValidationError({"config": "Must be a JSON object."})
+    routing = sorted(k for k in config if k in routing_keys() or not isinstance(k, str))
+    if routing:
+        raise ValidationError({"config": f"Not allowed in a provider's config: {', '.join(map(str, routing))}. The "
+                                         "endpoint is the base URL, keys are the provider's keys, and headers or "
+                                         "transport settings cannot be set."})
+    return config
+
+
 def _validate_provider(provider: Provider):
     spec = get_spec(provider.provider_type)
     errors = {}
     try:
-        provider.base_url = endpoint_validate(provider.base_url or "")
+        # A tenant-owned provider's endpoint is tenant-controlled: public addresses or ENDPOINT_ALLOWED_HOSTS only.
+        provider.base_url = endpoint_validate(provider.base_url or "", tenant_controlled=provider.tenant_id is not None)
     except ValidationError as exc:
         errors.update({"base_url": exc.message_dict["endpoint"]})
     for field in spec.fields:
@@ -128,9 +143,7 @@ def provider_create(
         tpm=tpm, max_concurrency=max_concurrency,
     )
     if config:
-        if not isinstance(config, dict):
-            raise ValidationError({"config": "Must be a JSON object."})
-        provider.config = _seal(config, is_json=True)
+        provider.config = _seal(_check_provider_config(config), is_json=True)
     _validate_provider(provider)
     _save_unique(provider, f"A provider named '{provider.name}' already exists "
                            f"{'in this tenant' if tenant else 'at instance level'}.")
@@ -149,14 +162,17 @@ def provider_update(*, actor: Actor, provider: Provider, config=..., **fields) -
     if unknown:
         raise ValidationError({f: "This field cannot be changed." for f in unknown})
     before = _audit_provider(provider)
+    if (provider.tenant_id is None and not actor.is_operator and "base_url" in fields
+            and (fields["base_url"] or "").strip().rstrip("/") != provider.base_url):
+        # The provider's keys (and the global key) are bound to the endpoint a sysadmin configured.
+        raise ValidationError({"base_url": "Only a sysadmin can change the endpoint of an instance-level provider: "
+                                           "its keys are bound to it."})
     if "capabilities" in fields:
         fields["capabilities"] = _check_capabilities(fields["capabilities"])
     for key, value in fields.items():
         setattr(provider, key, value.strip() if isinstance(value, str) and key != "base_url" else value)
     if config is not ...:
-        if config is not None and not isinstance(config, dict):
-            raise ValidationError({"config": "Must be a JSON object."})
-        provider.config = _seal(config, is_json=True) if config else None
+        provider.config = _seal(_check_provider_config(config), is_json=True) if config else None
     _validate_provider(provider)
     _save_unique(provider, f"A provider named '{provider.name}' already exists.")
     after = _audit_provider(provider)
@@ -245,35 +261,26 @@ def provider_active_key(provider: Provider) -> ProviderKey | None:
 
 def provider_credential(*, provider: Provider, tenant: Tenant | None, active_key=..., tenant_credential=...
                         ) -> ResolvedCredential:
-    """The credential for calling `provider` on behalf of `tenant` (DESIGN.md resolution order).
+    """The credential for calling `provider` on behalf of `tenant`, bound to the endpoint it may go to
+    (credentials.resolution decides both; DESIGN.md resolution order).
 
-    The provider's own base URL / API version apply unless the tenant's credential sets them.
+    A tenant-owned provider is always called on behalf of its tenant (a sysadmin's test of it included).
     `active_key` / `tenant_credential` may be passed from the gateway's catalog (rows, ciphertext) to save
     queries; by default they are looked up.
     """
 
     def provider_fallback():
         key = provider_active_key(provider) if active_key is ... else active_key
-        if key is None:
-            return None
-        return ResolvedCredential(provider_type=provider.provider_type, source="provider_key",
-                                  api_key=key.secret.reveal(), api_base=provider.base_url or None,
-                                  api_version=provider.api_version or None)
+        return key.secret.reveal() if key is not None else None
 
-    resolved = credential_resolve(tenant=tenant, provider_type=provider.provider_type,
-                                  provider_fallback=provider_fallback, tenant_credential=tenant_credential)
-    return _with_provider_defaults(resolved, provider)
-
-
-def _with_provider_defaults(resolved: ResolvedCredential, provider: Provider) -> ResolvedCredential:
-    if resolved.source == "tenant":
-        # A tenant's credential decides its own endpoint; the provider's base URL applies only if it has none.
-        if resolved.api_base or not provider.base_url:
-            return resolved
-    from dataclasses import replace
-
-    return replace(resolved, api_base=resolved.api_base or provider.base_url or None,
-                   api_version=resolved.api_version or provider.api_version or None)
+    if tenant is None and provider.tenant_id is not None:
+        tenant = provider.tenant
+    endpoint = ProviderEndpoint(provider_type=provider.provider_type, owner_tenant_id=provider.tenant_id,
+                                base_url=provider.base_url or "", api_version=provider.api_version or "",
+                                label=provider.name)
+    return credential_resolve(tenant=tenant, provider_type=provider.provider_type,
+                              provider_fallback=provider_fallback, tenant_credential=tenant_credential,
+                              endpoint=endpoint)
 
 
 # --- Models ---------------------------------------------------------------------------------------------
@@ -285,6 +292,28 @@ def _audit_model(model: AIModel) -> dict:
             view[f] = str(view[f])
     view["model_config"] = "********" if model.model_config is not None else None
     return view
+
+
+def _settings_endpoint(model: AIModel) -> str:
+    return "embeddings" if model.model_type == ModelType.EMBEDDING else "chat.completions"
+
+
+def _check_model_config(model: AIModel, value) -> dict:
+    """A model's settings are default call parameters of the OpenAI API (temperature, max_tokens, ...), each
+    valid per its schema; never an endpoint, key, header or transport setting (422 naming them)."""
+    return validate_call_settings(value, endpoint=_settings_endpoint(model), field="model_config")
+
+
+def model_settings(model: AIModel) -> dict:
+    """The model's default call parameters for the gateway and probes (only API parameters: rows saved before
+    the rule are filtered, so a stored routing key never reaches a call)."""
+    if model.model_config is None:
+        return {}
+    stored = model.model_config.reveal()
+    if not isinstance(stored, dict):
+        return {}
+    allowed = request_fields(_settings_endpoint(model)) - REQUEST_ONLY
+    return {k: v for k, v in stored.items() if k in allowed}
 
 
 @transaction.atomic
@@ -307,12 +336,10 @@ def model_create(*, actor: Actor, provider: Provider, model_id: str, model_confi
     for key, value in fields.items():
         if value is not None:
             setattr(model, key, value.strip() if isinstance(value, str) else value)
-    if model_config:
-        if not isinstance(model_config, dict):
-            raise ValidationError({"model_config": "Must be a JSON object."})
-        model.model_config = _seal(model_config, is_json=True)
     if model.model_type not in ModelType.values:
         raise ValidationError({"model_type": f"One of: {', '.join(ModelType.values)}."})
+    if model_config:
+        model.model_config = _seal(_check_model_config(model, model_config), is_json=True)
     model.full_clean(exclude=["model_config", "provider"], validate_unique=False, validate_constraints=False)
     _save_unique(model, f"Provider '{provider.name}' already has a model '{model_id}'.")
     audit_record(actor=actor, action="model.create", target=model, tenant=provider.tenant,
@@ -329,7 +356,7 @@ def model_update(*, actor: Actor, model: AIModel, model_config=..., **fields) ->
     for key, value in fields.items():
         setattr(model, key, value.strip() if isinstance(value, str) else value)
     if model_config is not ...:
-        model.model_config = _seal(model_config, is_json=True) if model_config else None
+        model.model_config = _seal(_check_model_config(model, model_config), is_json=True) if model_config else None
     model.full_clean(exclude=["model_config", "provider"], validate_unique=False, validate_constraints=False)
     _save_unique(model, f"Provider '{model.provider.name}' already has a model '{model.model_id}'.")
     after = _audit_model(model)

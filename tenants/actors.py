@@ -12,6 +12,12 @@ class Actor:
     user_id: int | None = None
     is_sysadmin: bool = False
 
+    @property
+    def is_operator(self) -> bool:
+        """Sysadmins and the system itself (commands, tasks, start-up): trusted to point endpoints anywhere,
+        internal hosts included. Everyone else is held to the egress policy's tenant rule."""
+        return self.is_sysadmin or self.source in ("system", "command", "task")
+
     @classmethod
     def from_request(cls, request, *, source: str) -> "Actor":
         user = getattr(request, "user", None)

@@ -258,7 +258,7 @@ def test_azure_and_vllm_alias(client, tenant_key):
     assert body["base_url"] == "https://acme.openai.azure.com" and body["models_count"] == 1
     assert body["active_key_last4"] == "...abcd" and body["keys_count"] == 1
     r = call(client, "post", "/ai-providers", tenant_key, {"name": "GPU", "provider_type": "VLLM",
-                                                           "base_url": "http://gpu.internal:8000/v1"})
+                                                           "base_url": "http://gpu.example.org:8000/v1"})
     assert r.status_code == 201 and r.json()["provider_type"] == "hosted_vllm"
 
 
@@ -317,7 +317,7 @@ def test_get_shape_and_partial_update(client, tenant, tenant_key):
 def test_list_pagination_and_filters(client, tenant, tenant_key):
     for i in range(7):
         make_provider(tenant=tenant, name=f"P{i}", provider_type="openai" if i % 2 else "anthropic")
-    make_provider(tenant=tenant, name="GPU box", provider_type="hosted_vllm", base_url="http://gpu.internal:8000/v1",
+    make_provider(tenant=tenant, name="GPU box", provider_type="hosted_vllm", base_url="http://gpu.example.org:8000/v1",
                   status="inactive")
     r = call(client, "get", "/ai-providers?limit=3&offset=3", tenant_key)
     assert r.json()["count"] == 8 and [p["name"] for p in r.json()["items"]] == ["P2", "P3", "P4"]
@@ -383,7 +383,10 @@ def test_models_crud(client, tenant, tenant_key):
     p = make_provider(tenant=tenant)
     base = f"/ai-providers/{p.public_id}/models"
     r = call(client, "post", base, tenant_key, {"model_id": "gpt-4o-mini", "alias": "fast",
-                                                "model_config": {"temperature": 0.2, "token": "cfg-secret-1"}})
+                                                "model_config": {"temperature": 0.2, "user": "x"}})
+    assert r.status_code == 422 and "user" in r.json()["detail"][0]["msg"]  # not a stored call setting
+    r = call(client, "post", base, tenant_key, {"model_id": "gpt-4o-mini", "alias": "fast",
+                                                "model_config": {"temperature": 0.2, "seed": 7}})
     assert r.status_code == 201, r.content
     mini = r.json()
     assert mini["context_window"] == 128000 and mini["supports_vision"] is True  # from LiteLLM's registry
@@ -458,7 +461,7 @@ def test_key_rotation_through_the_api(client, tenant, tenant_key):
 def test_canary_never_leaves_the_api_or_lands_in_plaintext(client, tenant, tenant_key, all_logs):
     r = call(client, "post", "/ai-providers", tenant_key, {
         "name": "Canary", "provider_type": "openai", "api_key": CANARY, "config": {"token": CANARY},
-        "models": [{"model_id": "gpt-4o", "model_config": {"token": CANARY}}]})
+        "models": [{"model_id": "gpt-4o", "model_config": {"prompt_cache_key": CANARY}}]})
     assert r.status_code == 201, r.content
     pid = r.json()["id"]
     bodies = [r.content.decode()]

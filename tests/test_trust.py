@@ -117,9 +117,11 @@ def test_endpoint_allowlist(settings, url, ok):
             endpoint_validate(url)
 
 
-def test_without_allowlist_internal_endpoints_are_accepted(settings):
+def test_operators_may_use_internal_endpoints_without_allowlist(settings):
     settings.ENDPOINT_ALLOWED_HOSTS = []
-    assert endpoint_validate("http://vllm:8000/v1/") == "http://vllm:8000/v1"
+    assert endpoint_validate("http://vllm:8000/v1/", tenant_controlled=False) == "http://vllm:8000/v1"
+    with pytest.raises(ValidationError, match="public"):
+        endpoint_validate("http://vllm:8000/v1/")  # the same endpoint set by a tenant
 
 
 @pytest.mark.parametrize("url", ["http://user:pw@host.example.org/v1", "https://x.example.org/v1?key=abc",

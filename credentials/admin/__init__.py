@@ -38,6 +38,11 @@ class TenantCredentialAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                           "classes": ("collapse",)}),
         ]
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.actor = Actor.from_request(request, source="admin")  # who sets the endpoint decides its egress rule
+        return form
+
     def get_readonly_fields(self, request, obj=None):
         if obj is not None:
             return self.readonly_fields + ("tenant", "provider_type")

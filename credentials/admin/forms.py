@@ -1,10 +1,12 @@
 from django import forms
+
+from tenants.actors import SYSTEM
 from django.core.exceptions import ValidationError
 
 from ..forms import SecretJSONField
 from ..models import TenantCredential
 from ..provider_rules import UnknownProviderType, normalise_provider_type, provider_types, requirements_for
-from ..services import KEEP, credential_check_input
+from ..services import KEEP, endpoint_stays_approved, credential_check_input
 
 
 def requirements_map() -> dict:
@@ -17,6 +19,7 @@ def requirements_map() -> dict:
 
 
 class TenantCredentialAdminForm(forms.ModelForm):
+    actor = SYSTEM  # set per request by the admin (get_form)
     provider_type = forms.ChoiceField(
         choices=(),
         help_text="Every LiteLLM provider type. The fields below follow the type: azure needs endpoint, API version "
@@ -72,6 +75,8 @@ class TenantCredentialAdminForm(forms.ModelForm):
                 api_version=data.get("api_version") or "",
                 deployment_name=data.get("deployment_name") or "",
                 key_optional=bool(self.instance.pk),
+                tenant_controlled=not (self.actor.is_operator or endpoint_stays_approved(
+                    self.instance if self.instance.pk else None, data.get("endpoint") or "")),
             )
         except ValidationError as exc:
             for field, messages in exc.message_dict.items():

@@ -305,7 +305,8 @@ class ProviderWizard:
             api_key = crypto.decrypt(state["sealed_key"]) if state.get("sealed_key") else ""
         except crypto.DecryptionError:
             return {"ids": [], "error": "The entered key cannot be read any more: go back and enter it again."}
-        result = discover_model_ids(provider_type=spec.key, base_url=base_url, api_key=api_key)
+        result = discover_model_ids(provider_type=spec.key, base_url=base_url, api_key=api_key,
+                                    tenant_controlled=bool(state.get("tenant")))
         return {"ids": list(result.ids), "error": result.error}
 
     def _create(self, request, state: dict, spec: ProviderTypeSpec, tenant, form):
