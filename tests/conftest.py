@@ -116,6 +116,24 @@ def upstream(fake_upstream_server):
     fake_upstream_server.reset()
 
 
+@pytest.fixture(scope="session")
+def attacker_server():
+    """A server no key may ever reach: another fake upstream, on 127.0.0.2 (outside the test ENDPOINT_ALLOWED_HOSTS),
+    recording every request that arrives."""
+    from tests.fake_upstream import start_fake_upstream
+
+    up = start_fake_upstream(host="127.0.0.2")
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def attacker(attacker_server):
+    attacker_server.reset()
+    yield attacker_server
+    attacker_server.reset()
+
+
 class LiveGateway:
     def __init__(self):
         import asyncio
