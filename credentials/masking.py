@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import logging.config
+import os
 import re
 
 from django.conf import settings
@@ -55,9 +57,12 @@ _PATTERNS = [
 
 def _static_secrets() -> list[str]:
     values = [settings.SECRET_KEY, settings.ENCRYPTION_KEY, settings.SUPER_API_KEY, *settings.ENCRYPTION_KEYS_OLD]
-    from .resolution import global_env_secrets  # late: resolution imports models
-
-    values.extend(global_env_secrets())
+    try:
+        from .resolution import global_env_secrets  # late: resolution imports models
+    except Exception:  # noqa: BLE001 - a record logged before the apps are loaded: the environment's keys
+        values.extend(v for k, v in os.environ.items() if k.endswith("_API_KEY"))
+    else:
+        values.extend(global_env_secrets())
     return [v for v in values if v and len(v) >= 6]
 
 
@@ -71,19 +76,80 @@ def mask_text(text: str) -> str:
 
 
 class SecretMaskingFilter(logging.Filter):
-    """Attached to every handler: rewrites the formatted message and traceback with secrets masked."""
+    """Attached to every handler: rewrites the message and traceback of a record with secrets masked.
+
+    A record is masked once (the first handler or logger filter that sees it); the handlers after it get the
+    masked record. Where masking the arguments one by one is enough, the record keeps its arguments, so
+    formatters that read them (uvicorn's access log) still work; otherwise the message is flattened.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_secrets_masked", False):
+            return True
         try:
-            message = record.getMessage()
-        except Exception:  # a broken format string must not drop the record
-            message = str(record.msg)
-        record.msg = mask_text(message)
-        record.args = None
-        if record.exc_info:
-            text = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = mask_text(text)
-            record.exc_info = None
-        if record.stack_info:
-            record.stack_info = mask_text(record.stack_info)
+            _mask_record(record)
+        except Exception as exc:  # noqa: BLE001 - never let a record through unmasked, never break the caller
+            record.msg = f"<log message withheld: masking failed ({type(exc).__name__})>"
+            record.args, record.exc_info, record.exc_text, record.stack_info = None, None, None, None
+        record._secrets_masked = True
         return True
+
+
+def _mask_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a broken format string must not drop the record
+        message = str(record.msg)
+        record.args = None
+    masked = mask_text(message)
+    if masked != message:
+        if not (record.args and _mask_args(record)):
+            record.msg, record.args = masked, None
+    if record.exc_info:
+        record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info))
+        record.exc_info = None
+    elif record.exc_text:
+        record.exc_text = mask_text(record.exc_text)
+    if record.stack_info:
+        record.stack_info = mask_text(record.stack_info)
+
+
+def _mask_args(record: logging.LogRecord) -> bool:
+    """Mask each string argument; keep the result if the whole message then holds nothing to mask."""
+    args = record.args
+    if isinstance(args, dict):
+        masked_args = {k: mask_text(v) if isinstance(v, str) else v for k, v in args.items()}
+    elif isinstance(args, tuple):
+        masked_args = tuple(mask_text(a) if isinstance(a, str) else a for a in args)
+    else:
+        return False
+    try:
+        message = str(record.msg) % masked_args
+    except Exception:  # noqa: BLE001
+        return False
+    if mask_text(message) != message:
+        return False
+    record.args = masked_args
+    return True
+
+
+def install_masking_everywhere() -> None:
+    """Add SecretMaskingFilter to every handler that exists now: the root logger's, every named logger's
+    (uvicorn's and gunicorn's own handlers, LiteLLM's, Django's defaults) and logging's last resort. Idempotent.
+    Call it after a library that adds its own handlers was imported."""
+    loggers = [logging.getLogger(), *(lg for lg in list(logging.root.manager.loggerDict.values())
+                                      if isinstance(lg, logging.Logger))]
+    handlers = [h for lg in loggers for h in lg.handlers]
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for handler in handlers:
+        if not any(isinstance(f, SecretMaskingFilter) for f in handler.filters):
+            handler.addFilter(SecretMaskingFilter())
+
+
+def configure_logging(config: dict) -> None:
+    """settings.LOGGING_CONFIG: Django's dictConfig, then the masking filter on every handler, including the
+    ones a server configured before Django was loaded (uvicorn, gunicorn). Celery's worker and beat call it too
+    (eneo_site.celery)."""
+    logging.config.dictConfig(config)
+    install_masking_everywhere()

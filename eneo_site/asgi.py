@@ -174,4 +174,8 @@ def _warm_up():
 
 
 _warm_up()
+# LiteLLM adds log handlers of its own when imported (just now): they mask too.
+from credentials.masking import install_masking_everywhere  # noqa: E402
+
+install_masking_everywhere()
 application = BodyLimit(Router(ASGIStaticFilesHandler(django_application), GatewayLane()))

@@ -1,9 +1,31 @@
 import os
 
 from celery import Celery
+from celery.signals import setup_logging
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eneo_site.settings")
 
 app = Celery("eneo_site")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@setup_logging.connect
+def use_project_logging(loglevel=None, logfile=None, **kwargs):
+    """Worker and beat log through settings.LOGGING, whose handlers mask secrets, instead of Celery's own set-up
+    (which replaces the root logger's handlers and gives celery.task a handler of its own, both unmasked).
+    Celery's loggers (celery.task, celery.worker, celery.app.trace, celery.beat) then reach the root handler.
+    The level is LOG_LEVEL (the worker's --loglevel is not used); --logfile adds a masked file handler."""
+    import logging
+    from logging.handlers import WatchedFileHandler
+
+    from django.conf import settings
+
+    from credentials.masking import SecretMaskingFilter, configure_logging
+
+    configure_logging(settings.LOGGING)
+    if logfile:
+        handler = WatchedFileHandler(logfile, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(settings.LOGGING["formatters"]["plain"]["format"]))
+        handler.addFilter(SecretMaskingFilter())
+        logging.getLogger().addHandler(handler)

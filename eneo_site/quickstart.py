@@ -36,6 +36,26 @@ def write_env_file() -> bool:
     return True
 
 
+def uvicorn_args(host: str, port: str, *, access_log: bool = False) -> list[str]:
+    """uvicorn's command-line arguments for our app.
+
+    - Proxy headers: uvicorn by default takes the client address from X-Forwarded-For for connections from
+      127.0.0.1 (--forwarded-allow-ips), so anything on this host could pick its own REMOTE_ADDR and slip past
+      the per-address lockouts (admin logins, API keys). They are off unless BEHIND_TLS_PROXY is set, and then
+      trusted from FORWARDED_ALLOW_IPS (uvicorn's default: 127.0.0.1, a proxy on this host).
+    - Logs: no --log-config is needed for masking: when the app loads, Django's logging set-up
+      (LOGGING_CONFIG = credentials.masking.configure_logging) adds the masking filter to uvicorn's own handlers.
+    """
+    from django.conf import settings
+
+    args = ["eneo_site.asgi:application", "--host", host, "--port", str(port)]
+    if not settings.BEHIND_TLS_PROXY:
+        args.append("--no-proxy-headers")
+    if not access_log:
+        args.append("--no-access-log")
+    return args
+
+
 def main():
     created_env = write_env_file()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eneo_site.settings")
@@ -76,11 +96,7 @@ def main():
          "--schedule", str(BASE_DIR / "var" / "celerybeat-schedule")],
         cwd=BASE_DIR,
     )
-    server = subprocess.Popen(
-        [str(bin_dir / "uvicorn"), "eneo_site.asgi:application", "--host", host, "--port", port,
-         "--no-access-log"],
-        cwd=BASE_DIR,
-    )
+    server = subprocess.Popen([str(bin_dir / "uvicorn"), *uvicorn_args(host, port)], cwd=BASE_DIR)
 
     def stop(*_):
         for proc in (server, worker):

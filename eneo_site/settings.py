@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "ninja",  # so the API docs load Swagger UI from our static files, not from a CDN
     "guardian",
     "axes",
     "django_celery_beat",
@@ -97,6 +98,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "tenants.throttle.AuthFailureThrottleMiddleware",  # /api/: 429 for an address locked out by failed auth
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -159,7 +161,17 @@ AXES_COOLOFF_TIME = timedelta(minutes=env.int("ADMIN_LOGIN_LOCKOUT_MINUTES", def
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "tenants.auth.login_locked_out"
-AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if env.bool("BEHIND_TLS_PROXY", default=False) else ["REMOTE_ADDR"]
+AXES_CLIENT_IP_CALLABLE = "tenants.throttle.client_address"  # REMOTE_ADDR; X-Forwarded-For only behind our proxy
+
+# True only when a reverse proxy that terminates TLS is the sole way in: then its X-Forwarded-Proto is trusted
+# and the client address is the last X-Forwarded-For entry (the one the proxy appended); otherwise REMOTE_ADDR.
+BEHIND_TLS_PROXY = env.bool("BEHIND_TLS_PROXY", default=False)
+
+# API key guessing (/v1, REST tenant keys, sysadmin super key): after AUTH_FAILURE_LIMIT failed authentications
+# from one client address (IPv6: one /64) within AUTH_FAILURE_WINDOW_SECONDS, that address gets 429 with
+# Retry-After for AUTH_FAILURE_WINDOW_SECONDS, valid key or not. Shared via RATE_LIMIT_REDIS_URL. 0 = off.
+AUTH_FAILURE_LIMIT = env.int("AUTH_FAILURE_LIMIT", default=10)
+AUTH_FAILURE_WINDOW_SECONDS = env.int("AUTH_FAILURE_WINDOW_SECONDS", default=300)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -180,7 +192,7 @@ STATIC_ROOT.mkdir(exist_ok=True)
 # so the one-command run needs no web server; put a CDN or reverse proxy in front if you like.
 
 # --- Security (production defaults; DEBUG=true relaxes the cookie/TLS ones for local http) ----------
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=False) else None
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_TLS_PROXY else None
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
@@ -230,6 +242,11 @@ NINJA_PAGINATION_MAX_LIMIT = 500
 
 # --- Logging: every handler masks secrets (credentials.masking.SecretMaskingFilter) ----------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+# configure_logging = dictConfig(LOGGING), then the masking filter on every handler that exists at that point,
+# including those a server set up before loading Django (uvicorn's, gunicorn's). Celery's worker and beat use it
+# too (eneo_site/celery.py). LiteLLM adds its own handler when it is first imported, later: its loggers get the
+# filter at logger level below.
+LOGGING_CONFIG = "credentials.masking.configure_logging"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -245,9 +262,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
-        "LiteLLM": {"level": env.str("LITELLM_LOG_LEVEL", default="WARNING").upper()},
-        "LiteLLM Router": {"level": "WARNING"},
-        "LiteLLM Proxy": {"level": "WARNING"},
+        "LiteLLM": {"level": env.str("LITELLM_LOG_LEVEL", default="WARNING").upper(), "filters": ["mask_secrets"]},
+        "LiteLLM Router": {"level": "WARNING", "filters": ["mask_secrets"]},
+        "LiteLLM Proxy": {"level": "WARNING", "filters": ["mask_secrets"]},
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "httpcore2": {"level": "WARNING"},

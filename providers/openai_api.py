@@ -47,7 +47,10 @@ def _no_nul(value: str) -> str:
 ModelName = Annotated[str, StringConstraints(max_length=300), AfterValidator(_no_nul)]
 
 
-class ChatCompletionIn(BaseModel):  # pydantic, not ninja's Schema: extra fields pass through
+class ChatCompletionIn(BaseModel):
+    """The documented core; every other field of OpenAI's request schema is accepted too, and the whole body is
+    validated against that schema (providers.request_schema). Any field outside it is a 400 naming it."""
+
     model_config = ConfigDict(extra="allow")
     model: ModelName = Field(..., description="An alias, a model id, or <provider>/<model id> (azure/..., "
                                               "openai/...).")
@@ -137,11 +140,13 @@ def on_gateway_error(request, exc: GatewayError):
 
 @openai_api.exception_handler(NinjaValidationError)
 def on_invalid(request, exc: NinjaValidationError):
-    parts = []
+    parts, params = [], []
     for err in exc.errors[:5]:
         loc = ".".join(str(p) for p in err.get("loc", [])[1:] if p != "payload") or "body"
         parts.append(f"{loc}: {err.get('msg')}")
-    return _error(400, "Invalid request: " + "; ".join(parts), "invalid_request_error")
+        params.append(loc)
+    return _error(400, "Invalid request: " + "; ".join(parts), "invalid_request_error", "invalid_value",
+                  param=params[0] if params and params[0] != "body" else None)
 
 
 @openai_api.exception_handler(HttpError)
@@ -165,11 +170,19 @@ def on_unexpected(request, exc):
 
 
 async def authenticate(request) -> Caller:
+    from tenants.throttle import auth_throttle, client_address, throttled_message  # key guessing (per address)
+
+    address = client_address(request)
+    if retry_after := await auth_throttle.aretry_after(address):
+        raise GatewayError(429, throttled_message(retry_after), type_="rate_limit_error",
+                           code="too_many_auth_failures", retry_after=retry_after)
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("api-key", "")
     snapshot = await catalog.get()
     key = snapshot.authenticate(token)
     if key is None:
+        if token:
+            await auth_throttle.arecord_failure(address)
         raise GatewayError(401, "Invalid or missing API key. Send 'Authorization: Bearer <tenant API key>'.",
                            type_="invalid_request_error", code="invalid_api_key")
     if not key.has_scope(GATEWAY_SCOPE):
@@ -198,7 +211,7 @@ SSE = {"responses": {200: {"content": {"text/event-stream": {"itemSchema": {
 async def create_chat_completion(request, payload: ChatCompletionIn):
     """Create a chat completion (non-streaming JSON, or SSE when `stream` is true), as OpenAI's API does."""
     caller = await authenticate(request)
-    result = await chat_completion(caller, payload.model_dump(exclude_none=True))
+    result = await chat_completion(caller, payload.model_dump(exclude_none=True), request.body)
     if isinstance(result, dict):
         return _json(result)
     response = StreamingHttpResponse(result, content_type="text/event-stream")
@@ -211,7 +224,7 @@ async def create_chat_completion(request, payload: ChatCompletionIn):
 async def create_embedding(request, payload: EmbeddingIn):
     """Create embeddings for a string or a list of strings."""
     caller = await authenticate(request)
-    return _json(await embeddings(caller, payload.model_dump(exclude_none=True)))
+    return _json(await embeddings(caller, payload.model_dump(exclude_none=True), request.body))
 
 
 @openai_api.get("/models", response={200: ModelList, 401: ErrorBody, 403: ErrorBody}, tags=["openai"])

@@ -1,4 +1,8 @@
-"""Sysadmin authentication for /api/v1/sysadmin: the super API key in X-API-Key, compared in constant time."""
+"""Sysadmin authentication for /api/v1/sysadmin: the super API key in X-API-Key, compared in constant time.
+
+Every key that is presented and rejected counts against the client address (tenants.throttle); an address
+locked out by too many failures is answered 429 before these classes run (AuthFailureThrottleMiddleware).
+"""
 from __future__ import annotations
 
 import hmac
@@ -7,18 +11,26 @@ from django.conf import settings
 from ninja.security import APIKeyHeader
 
 from .actors import Actor
+from .throttle import client_address, record_auth_failure
 
 
 class SuperApiKeyAuth(APIKeyHeader):
     param_name = "X-API-Key"
 
     def authenticate(self, request, key: str | None):
-        expected = settings.SUPER_API_KEY
-        if not expected or not key:
-            return None
-        if hmac.compare_digest(key.encode(), expected.encode()):
-            return Actor(name="super-api-key", source="api", ip=request.META.get("REMOTE_ADDR"), is_sysadmin=True)
+        actor = _super_key_actor(request, key)
+        if actor is None and key:
+            record_auth_failure(request)
+        return actor
+
+
+def _super_key_actor(request, key: str | None) -> Actor | None:
+    expected = settings.SUPER_API_KEY
+    if not expected or not key:
         return None
+    if hmac.compare_digest(key.encode(), expected.encode()):
+        return Actor(name="super-api-key", source="api", ip=client_address(request), is_sysadmin=True)
+    return None
 
 
 super_api_key = SuperApiKeyAuth()
@@ -34,7 +46,10 @@ class TenantKeyBearer(HttpBearer):
     """`Authorization: Bearer eneo_...` -> the TenantApiKey (request.auth), or 401."""
 
     def authenticate(self, request, token):
-        return api_key_check(token)
+        api_key = api_key_check(token)
+        if api_key is None and token:
+            record_auth_failure(request)
+        return api_key
 
 
 class TenantKeyHeader(APIKeyHeader):
@@ -43,9 +58,10 @@ class TenantKeyHeader(APIKeyHeader):
     param_name = "X-API-Key"
 
     def authenticate(self, request, key):
-        if key and key.startswith("eneo_"):
-            return api_key_check(key)
-        return SuperApiKeyAuth.authenticate(self, request, key)
+        principal = api_key_check(key) if key and key.startswith("eneo_") else _super_key_actor(request, key)
+        if principal is None and key:
+            record_auth_failure(request)
+        return principal
 
 
 tenant_key_auth = [TenantKeyBearer(), TenantKeyHeader()]

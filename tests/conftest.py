@@ -144,7 +144,7 @@ class LiveGateway:
         from eneo_site.asgi import application
 
         self.config = uvicorn.Config(application, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
-                                     access_log=False)
+                                     access_log=False, proxy_headers=False)
         self.server = uvicorn.Server(self.config)
         self.loop = None
         started = threading.Event()
