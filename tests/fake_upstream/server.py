@@ -22,7 +22,15 @@ A request without an API key gets a 401, like the real APIs.
 
 Control: ``POST /__control/fault`` ({mode, path_contains?, key?, times?, ...opts}), ``DELETE /__control/fault``,
 ``POST /__control/reset``, ``GET /__control/requests``, ``GET|POST /__control/config`` ({models, latency_ms,
-spread_stream_latency, reply}). Fault modes: status, timeout, slow, drop_stream, malformed, close.
+spread_stream_latency, reply}). Fault modes: status, timeout, slow, drop_stream, malformed, close, redirect.
+
+``redirect`` answers a redirect instead of serving the route: ``location`` (required) is the target URL, ``status``
+(default 307; 301, 302, 303, 307 or 308) the code, and ``append_path=True`` appends the request's path and query to
+``location``, so ``up.set_fault("redirect", location=other.url, append_path=True)`` sends every route to the same
+route of another server. The request is recorded here like any other.
+
+Several servers can listen side by side on different loopback addresses (Linux routes all of 127.0.0.0/8 to lo):
+``start_fake_upstream(host="127.0.0.2")``; each records only the requests that reach it.
 """
 
 from __future__ import annotations
@@ -45,7 +53,8 @@ from aiohttp import web
 REPLY = "Hello from fake upstream"
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
 MAX_RECORDS = 1000
-FAULT_MODES = frozenset({"status", "timeout", "slow", "drop_stream", "malformed", "close"})
+FAULT_MODES = frozenset({"status", "timeout", "slow", "drop_stream", "malformed", "close", "redirect"})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CONTROL_PREFIX = "/__control/"
 
 # status -> (Anthropic error type, OpenAI error type, OpenAI error code)
@@ -85,6 +94,11 @@ class Fault:
             raise ValueError(f"unknown fault mode {self.mode!r}; expected one of {sorted(FAULT_MODES)}")
         if self.mode == "status" and "status" not in self.opts:
             raise ValueError("fault mode 'status' needs a status option")
+        if self.mode == "redirect":
+            if not isinstance(self.opts.get("location"), str) or not self.opts["location"]:
+                raise ValueError("fault mode 'redirect' needs a location option (the target URL)")
+            if int(self.opts.get("status", 307)) not in REDIRECT_STATUSES:
+                raise ValueError(f"fault mode 'redirect' takes a status in {sorted(REDIRECT_STATUSES)}")
         if self.times is not None and self.times < 1:
             raise ValueError("times must be at least 1 (or None for forever)")
 
@@ -289,6 +303,8 @@ async def record_and_fault(request: web.Request, handler: Any) -> web.StreamResp
             status = int(fault.opts["status"])
             extra = {"Retry-After": str(fault.opts.get("retry_after", 1))} if status == 429 else {}
             return error_response(request, status, fault.opts.get("message"), **extra)
+        if fault.mode == "redirect":
+            return _redirect(request, fault)
         if fault.mode in ("timeout", "slow"):
             await asyncio.sleep(float(fault.opts.get("seconds", 30)))
         elif fault.mode == "malformed":
@@ -297,6 +313,14 @@ async def record_and_fault(request: web.Request, handler: Any) -> web.StreamResp
             _close(request)
             return web.Response()  # never written: aiohttp swallows the ConnectionError
     return await handler(request)
+
+
+def _redirect(request: web.Request, fault: Fault) -> web.Response:
+    location = fault.opts["location"]
+    if fault.opts.get("append_path"):
+        location = location.rstrip("/") + request.path_qs
+    body = {"error": {"message": f"Moved to {location}", "type": "redirect", "param": None, "code": None}}
+    return web.json_response(body, status=int(fault.opts.get("status", 307)), headers={"Location": location})
 
 
 # --- OpenAI / Azure ------------------------------------------------------------------------------------------
