@@ -133,6 +133,17 @@ def _check(host: str, addresses: list[str]) -> list[str]:
     return addresses
 
 
+def _targets(host: str, infos) -> list[str]:
+    """The checked addresses to connect to: from getaddrinfo's answer, or the host itself (infos None) when it is
+    an IP literal."""
+    addresses = [str(_literal(host))] if infos is None else list(dict.fromkeys(info[4][0] for info in infos))
+    return _check(host, addresses)
+
+
+def _unresolvable(host: str, exc: OSError) -> httpcore.ConnectError:
+    return httpcore.ConnectError(f"Could not resolve '{host}': {exc.strerror or exc}")
+
+
 class _AsyncBackend(httpcore.AsyncNetworkBackend):
     """Resolves the host itself, applies the policy to every address, then connects to a checked address (so
     the name is not resolved again between check and connect). TLS still verifies the host name."""
@@ -141,17 +152,14 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        literal = _literal(host)
-        if literal is not None:
-            addresses = [str(literal)]
-        else:
+        infos = None
+        if _literal(host) is None:
             try:
                 infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as exc:
-                raise httpcore.ConnectError(f"Could not resolve '{host}': {exc.strerror or exc}") from None
-            addresses = list(dict.fromkeys(info[4][0] for info in infos))
+                raise _unresolvable(host, exc) from None
         last = None
-        for address in _check(host, addresses):
+        for address in _targets(host, infos):
             try:
                 return await self._inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
                                                      socket_options=socket_options)
@@ -168,17 +176,14 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
 
 class _SyncBackend(httpcore.SyncBackend):
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        literal = _literal(host)
-        if literal is not None:
-            addresses = [str(literal)]
-        else:
+        infos = None
+        if _literal(host) is None:
             try:
                 infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as exc:
-                raise httpcore.ConnectError(f"Could not resolve '{host}': {exc.strerror or exc}") from None
-            addresses = list(dict.fromkeys(info[4][0] for info in infos))
+                raise _unresolvable(host, exc) from None
         last = None
-        for address in _check(host, addresses):
+        for address in _targets(host, infos):
             try:
                 return super().connect_tcp(address, port, timeout=timeout, local_address=local_address,
                                            socket_options=socket_options)
