@@ -43,14 +43,16 @@ def _dispatch(check: ProviderCheck):
     check.refresh_from_db()
 
 
-def check_run(check_id: int, *, attempt: int = 0) -> connectivity.CheckOutcome | None:
-    """Run a queued check. Returns the outcome (None when the check no longer exists)."""
+def check_run(check_id: int, *, attempt: int = 0, retries_left: int = 0) -> connectivity.CheckOutcome | None:
+    """Run a queued check. Returns the outcome (None when the check no longer exists). With `retries_left`, a
+    transient failure leaves the check queued for the retry instead of done."""
     check = ProviderCheck.objects.select_related("provider", "model", "tenant").filter(pk=check_id).first()
     if check is None:
         return None
     ProviderCheck.objects.filter(pk=check.pk).update(state=ProviderCheck.State.RUNNING,
                                                      details={**check.details, "attempt": attempt + 1})
     check.details = {**check.details, "attempt": attempt + 1}
+    check.retry_pending = retries_left > 0
     if check.kind == ProviderCheck.Kind.TEST:
         return connectivity.provider_test(provider=check.provider, tenant=check.tenant, check=check)
     if check.kind == ProviderCheck.Kind.VALIDATE:
@@ -75,8 +77,9 @@ def _discover(check: ProviderCheck) -> connectivity.CheckOutcome:
     else:
         message = summary["error"]
     outcome = connectivity.CheckOutcome(summary["ok"], "healthy" if summary["ok"] else "degraded", message,
-                                        transient=not summary["ok"] and "invalid API key" not in message)
-    check.state, check.ok, check.status, check.message = ProviderCheck.State.DONE, outcome.ok, outcome.status, message[:500]
+                                        transient=bool(summary.get("transient")))
+    check.state, check.ok, check.status = connectivity.final_state(check, outcome), outcome.ok, outcome.status
+    check.message = message[:500]
     check.details = {**check.details, **{k: v for k, v in summary.items() if k != "ok"}}
     check.finished_at = timezone.now()
     check.save()

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from credentials.crypto import DecryptionError
 from credentials.egress import egress_denied, egress_scope
-from credentials.masking import mask_text, secret_scope
+from credentials.masking import secret_scope
 from credentials.resolution import CredentialError, CredentialMissing, CredentialUndecryptable
 from tenants.models import Tenant, TenantApiKey
 
@@ -118,14 +118,14 @@ def _call_params(model: AIModel, cred) -> dict:
 
 def _map_upstream(exc: Exception, model: AIModel) -> tuple[GatewayError, bool]:
     """(error for the caller, may another model be tried)."""
-    from .llm import litellm
+    from .llm import litellm, upstream_text
 
     label = model.alias or model.model_id
     denied = egress_denied(exc)
     if denied is not None:
         return GatewayError(502, f"The endpoint of the provider of '{label}' is not allowed: {denied}",
                             type_="api_error", code="endpoint_not_allowed"), True
-    first_line = mask_text((str(exc).splitlines() or [type(exc).__name__])[0])[:300]
+    first_line = upstream_text(exc)
     if isinstance(exc, litellm.ContextWindowExceededError):
         return GatewayError(400, f"The request is too long for model '{label}': {first_line}",
                             type_="invalid_request_error", code="context_length_exceeded"), False

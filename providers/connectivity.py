@@ -13,7 +13,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from credentials.egress import egress_denied, egress_scope
-from credentials.masking import mask_text, secret_scope
+from credentials.masking import secret_scope
 from credentials.resolution import CredentialError, ResolvedCredential
 
 from .choices import HealthStatus, ModelStatus, ModelType
@@ -64,8 +64,9 @@ def classify_error(exc: Exception) -> tuple[str, str]:
         return HealthStatus.DEGRADED, "None of the test models could be found"
     if isinstance(exc, litellm.RateLimitError):
         return HealthStatus.DEGRADED, "Rate limited by the provider (429); the key works"
-    text = mask_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    return HealthStatus.DOWN, f"Connection test failed: {text[:300]}"
+    from .llm import upstream_text
+
+    return HealthStatus.DOWN, f"Connection test failed: {upstream_text(exc)}"
 
 
 def _probe(provider: Provider, model: AIModel | None, model_id: str, model_type: str, cred: ResolvedCredential):
@@ -94,11 +95,18 @@ def _test_candidates(provider: Provider) -> list[tuple[AIModel | None, str, str]
     return [(None, m, ModelType.INFERENCE) for m in spec.test_models]
 
 
+def final_state(check: ProviderCheck, outcome: CheckOutcome) -> str:
+    """DONE, or still QUEUED when a transient failure will be retried (readers never see a retried check as
+    done in between)."""
+    retrying = outcome.transient and not outcome.ok and getattr(check, "retry_pending", False)
+    return ProviderCheck.State.QUEUED if retrying else ProviderCheck.State.DONE
+
+
 def _record(provider: Provider, kind: str, outcome: CheckOutcome, *, model=None, tenant=None, check=None,
             update_health=True) -> ProviderCheck:
     now = timezone.now()
     check = check or ProviderCheck(provider=provider, model=model, tenant=tenant, kind=kind)
-    check.state, check.ok, check.status = ProviderCheck.State.DONE, outcome.ok, outcome.status
+    check.state, check.ok, check.status = final_state(check, outcome), outcome.ok, outcome.status
     check.latency_ms, check.message, check.finished_at = outcome.latency_ms, outcome.message[:500], now
     check.details = {**(check.details or {}), "model_id": outcome.model_id}
     check.save()

@@ -22,6 +22,7 @@ MAX_IDS = 2000
 class Discovery:
     ids: tuple[str, ...] = ()
     error: str = ""
+    transient: bool = False  # worth retrying (no answer, connection failed, 429, 5xx)
 
 
 def models_url(provider_type: str, base_url: str) -> str:
@@ -56,8 +57,9 @@ def discover_model_ids(*, provider_type: str, base_url: str, api_key: str = "", 
     url = models_url(provider_type, base_url)
     timeout = getattr(settings, "PROVIDER_DISCOVERY_TIMEOUT", 5.0)
 
-    def failed(reason: str) -> Discovery:
-        return Discovery(error=mask_text(f"Could not list the models at {url}: {reason}."))
+    def failed(reason: str, transient: bool = False) -> Discovery:
+        return Discovery(error=mask_text(f"Could not list the models at {url}: {reason.rstrip('.')}."),
+                         transient=transient)
 
     with secret_scope(api_key), egress_scope(tenant_controlled=tenant_controlled):
         try:
@@ -66,15 +68,16 @@ def discover_model_ids(*, provider_type: str, base_url: str, api_key: str = "", 
         except EgressDenied as exc:
             return failed(str(exc))
         except httpx.TimeoutException:
-            return failed(f"no answer within {timeout:g} s")
+            return failed(f"no answer within {timeout:g} s", transient=True)
         except httpx.HTTPError:
-            return failed("could not connect to the API")
+            return failed("could not connect to the API", transient=True)
         if response.status_code in (401, 403):
             return failed(f"invalid API key (HTTP {response.status_code})")
         if 300 <= response.status_code < 400:
             return failed(f"HTTP {response.status_code} (a redirect, which is never followed)")
         if response.status_code != 200:
-            return failed(f"HTTP {response.status_code}")
+            return failed(f"HTTP {response.status_code}", transient=response.status_code == 429
+                          or response.status_code >= 500)
         try:
             ids = _ids(response.json())
         except ValueError:
@@ -109,7 +112,7 @@ def models_discover(*, provider, actor) -> dict:
         found = discover_model_ids(provider_type=provider.provider_type, base_url=base, api_key=cred.api_key or "",
                                    tenant_controlled=cred.tenant_controlled)
         if found.error:
-            return {"ok": False, "error": found.error}
+            return {"ok": False, "error": found.error, "transient": found.transient}
         offered, source, authoritative = set(found.ids), "server", True
     elif spec.models_entered_by_deployment:
         return {"ok": True, "source": "none", "added": [], "vanished": [], "reappeared": [],

@@ -9,6 +9,8 @@ really goes to, redirects are never followed, and environment proxies are not us
 factories (`create_async_transport`, `_create_sync_transport`, `_get_sync_http_client`); a LiteLLM upgrade that
 renames them fails tests/test_egress.py, which calls each provider family against an address the policy refuses.
 """
+import re
+
 import httpx
 import litellm
 from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler, HTTPHandler
@@ -66,4 +68,21 @@ def call_kwargs(provider_type: str, cred) -> dict:
     return params
 
 
-__all__ = ["litellm", "call_kwargs"]
+# "litellm.APIError: APIError: OpenAIException - <the provider's text>": callers see only the provider's text.
+_LIBRARY_PREFIX = re.compile(r"^\s*(?:litellm\.\w+:\s*)?(?:\w+Error:\s*)?(?:\w+Exception\s*-\s*)?")
+
+
+def upstream_text(exc: BaseException, limit: int = 300) -> str:
+    """What went wrong upstream, for a caller or an operator: the first line of the error, masked, without
+    library class names; a redirect is named as such (it is never followed)."""
+    from credentials.masking import mask_text
+
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and 300 <= status < 400:
+        return f"the provider answered with a redirect (HTTP {status}), which is never followed"
+    line = (str(exc).splitlines() or [""])[0]
+    line = _LIBRARY_PREFIX.sub("", _LIBRARY_PREFIX.sub("", line, count=1), count=1).strip()
+    return mask_text(line or "no details")[:limit]
+
+
+__all__ = ["litellm", "call_kwargs", "upstream_text"]

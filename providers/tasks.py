@@ -19,7 +19,8 @@ from .provider_types import get_spec
 def check_run(self, check_id: int):
     """A connectivity test, model validation or discovery. Transient failures (429, 5xx, timeouts) are retried
     with exponential backoff; a rejected key is not."""
-    outcome = check_run_service(check_id, attempt=self.request.retries)
+    outcome = check_run_service(check_id, attempt=self.request.retries,
+                                retries_left=self.max_retries - self.request.retries)
     if outcome is not None and not outcome.ok and outcome.transient and self.request.retries < self.max_retries:
         countdown = int(settings.CHECK_RETRY_BACKOFF * 2 ** self.request.retries)
         check_mark_retrying(check_id, countdown)
