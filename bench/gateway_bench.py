@@ -101,6 +101,8 @@ def setup_gateway(tmp: Path, upstream: str) -> tuple[dict, str]:
         "SECRET_KEY": secrets.token_urlsafe(50), "ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "DEBUG": "false", "SECURE_SSL_REDIRECT": "false", "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOG_LEVEL": "WARNING", "ENV_FILE": "/nonexistent", "CELERY_BROKER_URL": "memory://",
+        # the tenant's provider points at the fake upstream on loopback: an internal host an operator approved
+        "ENDPOINT_ALLOWED_HOSTS": "127.0.0.1",
     }
     subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env={**os.environ, **env}, check=True)
     code = f"""

@@ -123,7 +123,7 @@ def endpoint_allowed(host: str) -> str | None:
 
 def _check(host: str, addresses: list[str]) -> list[str]:
     """The addresses a connection may use: all of them, unless the tenant rule applies and one is refused."""
-    if not _tenant_controlled.get() or name_allowed(host):
+    if name_allowed(host):
         return addresses
     refused = [a for a in addresses if not address_allowed(a)]
     if refused or not addresses:
@@ -145,8 +145,9 @@ def _unresolvable(host: str, exc: OSError) -> httpcore.ConnectError:
 
 
 class _AsyncBackend(httpcore.AsyncNetworkBackend):
-    """Resolves the host itself, applies the policy to every address, then connects to a checked address (so
-    the name is not resolved again between check and connect). TLS still verifies the host name."""
+    """For the pools of the tenant rule: resolves the host itself, applies the rule to every address, then
+    connects to a checked address (so the name is not resolved again between check and connect). TLS still
+    verifies the host name."""
 
     def __init__(self):
         self._inner = httpcore.AnyIOBackend()
@@ -205,22 +206,26 @@ def _no_redirect(response: httpx.Response) -> httpx.Response:
 class EgressTransport(httpx.AsyncBaseTransport):
     """httpx transport with the egress policy at connect time and no redirects.
 
-    Two connection pools: one for calls under the tenant rule, one for the others, so that a connection opened
-    for an operator's internal endpoint is never reused by a call the tenant rule governs. Not a subclass of
-    httpx's own transport on purpose: libraries then add no environment-proxy mounts beside it (a proxy would
-    connect for us, past the check)."""
+    Two connection pools: `strict` for calls under the tenant rule, `open` for the others, so that a connection
+    opened for an operator's internal endpoint is never reused by a call the tenant rule governs. By default both
+    are httpx's own transport with a checking network backend; LiteLLM gets aiohttp-based ones (providers.llm,
+    with `PolicyResolver`: same rule, LiteLLM's faster client). Not a subclass of httpx's transport on purpose:
+    libraries then add no environment-proxy mounts beside it (a proxy would connect for us, past the check)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, strict: httpx.AsyncBaseTransport | None = None,
+                 open: httpx.AsyncBaseTransport | None = None, **kwargs):  # noqa: A002
         kwargs.setdefault("retries", 0)
-        self._strict = httpx.AsyncHTTPTransport(**kwargs)
-        self._strict._pool._network_backend = _AsyncBackend()
-        self._open = httpx.AsyncHTTPTransport(**kwargs)
-        self._open._pool._network_backend = _AsyncBackend()
+        if strict is None:
+            strict = httpx.AsyncHTTPTransport(**kwargs)
+            strict._pool._network_backend = _AsyncBackend()
+        self._strict, self._open = strict, open or httpx.AsyncHTTPTransport(**kwargs)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        inner = self._strict if _tenant_controlled.get() else self._open
+        strict = _tenant_controlled.get()
+        if strict:
+            _check_literal(request.url.host)
         try:
-            return _no_redirect(await inner.handle_async_request(request))
+            return _no_redirect(await (self._strict if strict else self._open).handle_async_request(request))
         except EgressDenied as exc:
             raise EgressDenied(str(exc), request=request) from None
 
@@ -229,18 +234,47 @@ class EgressTransport(httpx.AsyncBaseTransport):
         await self._open.aclose()
 
 
+def _check_literal(host: str) -> None:
+    """An IP-literal host is judged as it is (some clients never resolve, or check, a literal)."""
+    literal = _literal(host)
+    if literal is not None:
+        _check(host, [str(literal)])
+
+
+class PolicyResolver:
+    """An aiohttp resolver that applies the tenant rule to every address a name resolves to, so the connection
+    goes only to checked addresses (aiohttp connects to what its resolver returns; IP literals, which it does not
+    resolve, are checked by EgressTransport)."""
+
+    def __init__(self):
+        from aiohttp.resolver import DefaultResolver
+
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
+        answers = await self._inner.resolve(host, port, family)
+        _check(host, [a["host"] for a in answers])
+        return answers
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 class SyncEgressTransport(httpx.BaseTransport):
+    """The synchronous EgressTransport (LiteLLM's sync calls: connectivity tests, model validation)."""
+
     def __init__(self, **kwargs):
         kwargs.setdefault("retries", 0)
         self._strict = httpx.HTTPTransport(**kwargs)
         self._strict._pool._network_backend = _SyncBackend()
         self._open = httpx.HTTPTransport(**kwargs)
-        self._open._pool._network_backend = _SyncBackend()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        inner = self._strict if _tenant_controlled.get() else self._open
+        strict = _tenant_controlled.get()
+        if strict:
+            _check_literal(request.url.host)
         try:
-            return _no_redirect(inner.handle_request(request))
+            return _no_redirect((self._strict if strict else self._open).handle_request(request))
         except EgressDenied as exc:
             raise EgressDenied(str(exc), request=request) from None
 

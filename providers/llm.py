@@ -16,15 +16,40 @@ import litellm
 from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler, HTTPHandler
 from litellm.llms.openai.common_utils import BaseOpenAILLM
 
-from credentials.egress import EgressTransport, SyncEgressTransport
+from credentials.egress import EgressTransport, PolicyResolver, SyncEgressTransport
 
 litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners on stdout
 litellm.telemetry = False
 litellm.success_callback, litellm.failure_callback, litellm.callbacks = [], [], []
 
 
+_litellm_async_transport = AsyncHTTPHandler.create_async_transport  # LiteLLM's own (aiohttp: its fast path)
+
+
+def _strict_aiohttp_transport():
+    """LiteLLM's aiohttp transport, its connector resolving through the egress policy (PolicyResolver)."""
+    from aiohttp import ClientSession, DummyCookieJar, TCPConnector
+    from litellm import constants
+    from litellm.llms.custom_httpx.aiohttp_transport import LiteLLMAiohttpTransport
+
+    def session():
+        connector = TCPConnector(resolver=PolicyResolver(), keepalive_timeout=constants.AIOHTTP_KEEPALIVE_TIMEOUT,
+                                 ttl_dns_cache=constants.AIOHTTP_TTL_DNS_CACHE,
+                                 limit=constants.AIOHTTP_CONNECTOR_LIMIT,
+                                 limit_per_host=constants.AIOHTTP_CONNECTOR_LIMIT_PER_HOST)
+        return ClientSession(connector=connector, cookie_jar=DummyCookieJar(), trust_env=False)
+
+    return LiteLLMAiohttpTransport(client=session)
+
+
 def _async_transport(*args, **kwargs):
-    return EgressTransport()
+    """Every async client LiteLLM builds: its own transport for operators' endpoints, the checking one for calls
+    under the tenant rule (EgressTransport picks per call)."""
+    kwargs.pop("shared_session", None)
+    open_transport = _litellm_async_transport(*args, **kwargs)
+    if isinstance(open_transport, httpx.AsyncHTTPTransport) or open_transport is None:
+        return EgressTransport()  # LiteLLM without aiohttp: httpx both ways
+    return EgressTransport(strict=_strict_aiohttp_transport(), open=open_transport)
 
 
 def _sync_openai_client():

@@ -72,6 +72,28 @@ def test_connections_are_checked_on_the_address_for_every_client_family(model, s
     assert asyncio.run(call(upstream.url, True)).choices  # allowlisted (test settings: 127.0.0.1)
 
 
+@pytest.mark.parametrize("model, suffix", FAMILIES)
+def test_names_are_checked_on_the_addresses_they_resolve_to(model, suffix, upstream, settings):
+    """`localhost` is a name: the check runs on what it resolves to (127.0.0.1, ::1), in the resolver the
+    connection then uses."""
+    from providers.llm import litellm
+
+    settings.ENDPOINT_ALLOWED_HOSTS = []
+    base = upstream.url.replace("127.0.0.1", "localhost") + suffix
+
+    async def call(tenant_controlled):
+        with egress_scope(tenant_controlled=tenant_controlled):
+            return await litellm.acompletion(model=model, api_base=base, api_key="sk-test-key-0000",
+                                             api_version="2024-06-01", num_retries=0, max_retries=0,
+                                             messages=[{"role": "user", "content": "hi"}])
+
+    with pytest.raises(Exception) as exc:
+        asyncio.run(call(True))
+    assert egress_denied(exc.value) is not None, exc.value
+    assert "localhost" in str(egress_denied(exc.value)) and upstream.requests == []
+    assert asyncio.run(call(False)).choices
+
+
 def test_sync_clients_are_checked_too(attacker):
     from providers.llm import litellm
 
