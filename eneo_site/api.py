@@ -2,11 +2,11 @@ from django.contrib.admin.views.decorators import staff_member_required
 from ninja import NinjaAPI
 
 from credentials.api import router as credentials_router
-from providers.api import router as ai_providers_router
-from providers.api import types_router as provider_types_router
-from providers.checks_api import router as checks_router
-from providers.checks_api import tasks_router
-from providers.usage_api import router as usage_router
+from providers.api.providers import router as ai_providers_router
+from providers.api.providers import types_router as provider_types_router
+from providers.api.checks import router as checks_router
+from providers.api.checks import tasks_router
+from providers.api.usage import router as usage_router
 from tenants.api import router as tenant_api_keys_router
 from tenants.audit_api import router as audit_router
 from tenants.parsers import JsonParser

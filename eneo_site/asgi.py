@@ -164,7 +164,7 @@ def _warm_up():
     defaults."""
     import gc
 
-    import providers.completion  # noqa: F401
+    import providers.gateway.service  # noqa: F401
     import providers.llm  # noqa: F401  (LiteLLM, configured)
 
     if settings.GATEWAY_GC_THRESHOLD:

@@ -224,7 +224,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_processed": str(_p),
     }
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    # Fail fast when Redis is down: callers then run the check inline (providers.checks) instead of hanging.
+    # Fail fast when Redis is down: callers then run the check inline (providers.checks.jobs) instead of hanging.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 10}
 # Task outcomes are stored in our own tables (never secrets); Celery's result backend is off by default.
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None

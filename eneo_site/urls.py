@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import path
 
-from providers.openai_api import openai_api
+from providers.gateway.api import openai_api
 
 from .api import api
 

@@ -14,8 +14,8 @@ from django.db import transaction
 from credentials.resolution import global_env_credential
 from tenants.actors import Actor
 
-from .models import AIModel, Provider
-from .services import model_create, provider_create, provider_update
+from providers.models import AIModel, Provider
+from providers.services import model_create, provider_create, provider_update
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ KEY_IN_HEADERS = frozenset({
 def call_kwargs(provider_type: str, cred) -> dict:
     """api_key, api_base, api_version (and key headers) for one LiteLLM call with a resolved credential: the
     gateway, connectivity tests, model validation and health probes all build their calls here."""
-    from .provider_types import get_spec
+    from providers.provider_types import get_spec
 
     params = cred.litellm_kwargs()
     key = cred.api_key

@@ -9,7 +9,7 @@ from credentials.fields import EncryptedJSONField, EncryptedTextField
 from credentials.masking import mask_last4
 from tenants.models import Tenant
 
-from .choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
+from providers.choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
 
 
 def new_public_id() -> str:

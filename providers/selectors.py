@@ -20,8 +20,8 @@ from guardian.shortcuts import get_objects_for_user
 
 from tenants.models import Tenant, TenantMembership
 
-from .choices import ModelStatus, ProviderStatus
-from .models import AIModel, Provider, ProviderKey, TenantModelEnablement
+from providers.choices import ModelStatus, ProviderStatus
+from providers.models import AIModel, Provider, ProviderKey, TenantModelEnablement
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def model_enabled_tenants(*, principal: Principal, model: AIModel) -> QuerySet[T
 
 
 def favourite_provider_types(*, user) -> set[str]:
-    from .models import FavouriteProviderType
+    from providers.models import FavouriteProviderType
 
     return set(FavouriteProviderType.objects.filter(user=user).values_list("provider_type", flat=True))
 
@@ -221,7 +221,7 @@ def acl_list(*, obj: Provider | AIModel) -> list[Grant]:
     """The users and groups holding ACL grants on a provider or model, with their role."""
     from guardian.shortcuts import get_groups_with_perms, get_users_with_perms
 
-    from .services import ROLE_ACTIONS  # the role -> permissions table acl_grant applies
+    from providers.services import ROLE_ACTIONS  # the role -> permissions table acl_grant applies
 
     role_by_actions = {frozenset(actions): role for role, actions in ROLE_ACTIONS.items()}
     grants = []
@@ -295,7 +295,7 @@ def usage_list(*, principal: Principal, tenant_id=None, since=None, until=None, 
                provider_id: str | None = None, status: str | None = None, streamed: bool | None = None,
                api_key_prefix: str | None = None):
     """Usage records the principal may read: a tenant key its own tenant's, a sysadmin any (or one tenant's)."""
-    from .models import UsageRecord
+    from providers.models import UsageRecord
 
     qs = UsageRecord.objects.select_related("model", "provider", "api_key")
     if principal.is_sysadmin:
@@ -342,7 +342,7 @@ def usage_summary(qs) -> list[dict]:
 
 def check_get(*, principal: Principal, task_id: str):
     """A check by task id, if its provider is visible to the principal (else NotFound)."""
-    from .models import ProviderCheck
+    from providers.models import ProviderCheck
 
     check = (ProviderCheck.objects.select_related("provider", "model")
              .filter(task_id=task_id[:64], provider__in=Provider.objects.filter(provider_visible_q(principal)))

@@ -18,10 +18,10 @@ from tenants.actors import Actor
 from tenants.models import Tenant, TenantMembership
 from tenants.services import audit_record
 
-from .choices import AclRole, ModelType
-from .models import AIModel, FavouriteProviderType, Provider, ProviderKey, TenantModelEnablement
-from .provider_types import get_spec, known_model
-from .request_schema import REQUEST_ONLY, request_fields, routing_keys, validate_call_settings
+from providers.choices import AclRole, ModelType
+from providers.models import AIModel, FavouriteProviderType, Provider, ProviderKey, TenantModelEnablement
+from providers.provider_types import get_spec, known_model
+from providers.gateway.request_schema import REQUEST_ONLY, request_fields, routing_keys, validate_call_settings
 
 
 class Conflict(Exception):

@@ -7,12 +7,12 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from .checks import check_mark_retrying
-from .checks import check_run as check_run_service
-from .choices import ProviderStatus
-from .health import health_check_providers
-from .models import Provider, ProviderCheck
-from .provider_types import get_spec
+from providers.checks.jobs import check_mark_retrying
+from providers.checks.jobs import check_run as check_run_service
+from providers.choices import ProviderStatus
+from providers.checks.health import health_check_providers
+from providers.models import Provider, ProviderCheck
+from providers.provider_types import get_spec
 
 
 @shared_task(bind=True, max_retries=3, ignore_result=True)
@@ -47,7 +47,7 @@ def health_check_batch(provider_ids: list[int]):
 @shared_task(ignore_result=True)
 def discovery_run_all():
     """Scheduled (beat): discover models of every active provider whose server lists them."""
-    from .checks import check_start
+    from providers.checks.jobs import check_start
 
     for provider in Provider.objects.filter(status=ProviderStatus.ACTIVE):
         if get_spec(provider.provider_type).lists_models:

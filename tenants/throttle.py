@@ -323,7 +323,7 @@ def record_auth_failure(request) -> None:
 
 class AuthFailureThrottleMiddleware:
     """REST API (/api/): a request from a locked-out address is answered 429 {"detail"} with Retry-After before
-    any view or key check runs. (The /v1 gateway does the same in providers.openai_api.authenticate.)"""
+    any view or key check runs. (The /v1 gateway does the same in providers.gateway.api.authenticate.)"""
 
     prefix = "/api/"
 

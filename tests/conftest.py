@@ -179,7 +179,7 @@ class LiveGateway:
         return asyncio.run_coroutine_threadsafe(coro_factory(), self.loop).result(timeout)
 
     def flush_usage(self):
-        from providers.usage import writer
+        from providers.gateway.usage import writer
 
         self.run_async(writer.flush)
 
@@ -211,7 +211,7 @@ def live_gateway(django_db_setup, django_db_blocker):
 @pytest.fixture
 def gateway(live_gateway, transactional_db, settings):
     """Our gateway over real HTTP, seeing this test's committed data at once."""
-    from providers.catalog import catalog
+    from providers.gateway.catalog import catalog
 
     settings.CATALOG_REFRESH_SECONDS = 0
     catalog.invalidate()

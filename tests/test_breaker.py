@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from credentials.services import credential_set
-from providers.breaker import breaker
+from providers.gateway.breaker import breaker
 from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 

@@ -10,7 +10,7 @@ import pytest
 from celery.signals import before_task_publish
 from django.core.management import call_command
 
-from providers.checks import check_start
+from providers.checks.jobs import check_start
 from providers.models import Provider, ProviderCheck
 from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
@@ -88,7 +88,7 @@ def test_celery_messages_and_check_records_hold_no_secret(db, upstream, all_logs
             point_celery_at(*previous)
         finally:
             app.conf.task_always_eager = eager
-        from providers.checks import check_run
+        from providers.checks.jobs import check_run
 
         outcome = check_run(check.pk)  # what the worker does with the message
     finally:

@@ -12,9 +12,9 @@ from django.core.exceptions import ValidationError
 from credentials.egress import address_allowed, egress_denied, egress_scope, endpoint_allowed
 from credentials.services import credential_set, endpoint_validate
 from providers import services
-from providers.connectivity import provider_test
-from providers.discovery import models_discover
-from providers.health import health_check_providers
+from providers.checks.connectivity import provider_test
+from providers.checks.discovery import models_discover
+from providers.checks.health import health_check_providers
 from providers.models import Provider
 from tenants.actors import SYSTEM, Actor
 from tenants.api_keys import api_key_create

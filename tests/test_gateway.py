@@ -261,7 +261,7 @@ def test_canary_tenant_key_never_leaks(gateway, upstream, world, tenant, all_log
 
 
 def test_circuit_breaker_pauses_a_failing_provider(gateway, upstream, world, settings):
-    from providers.breaker import breaker
+    from providers.gateway.breaker import breaker
 
     breaker.reset()
     settings.GATEWAY_BREAKER_FAILURES, settings.GATEWAY_BREAKER_SECONDS = 2, 60
@@ -293,7 +293,7 @@ def test_usage_survives_deletions_before_the_flush(gateway, upstream, world, ten
 
 
 def test_tokens_per_minute_limit(gateway, upstream, world):
-    from providers.limits import limiter
+    from providers.gateway.limits import limiter
 
     import time
 

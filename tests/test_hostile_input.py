@@ -35,9 +35,9 @@ from schemathesis.specs.openapi.checks import (
 from credentials.models import TenantCredential
 from credentials.services import credential_set
 from eneo_site.api import api
-from providers.checks import check_start
+from providers.checks.jobs import check_start
 from providers.models import AIModel, Provider, ProviderCheck, ProviderKey, UsageRecord
-from providers.openai_api import openai_api
+from providers.gateway.api import openai_api
 from providers.services import model_set_tenant_enabled
 from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create

@@ -295,7 +295,7 @@ class Operation:
 def operations() -> tuple[list[Operation], list[str]]:
     """Every operation of both APIs, and the problems (unknown parameters or bodies) found on the way."""
     from eneo_site.api import api
-    from providers.openai_api import openai_api
+    from providers.gateway.api import openai_api
 
     ops, problems = [], []
     for schema in (api.get_openapi_schema(), openai_api.get_openapi_schema()):
@@ -470,7 +470,7 @@ def test_rest_and_v1_isolation_matrix(gateway, world, upstream, http):
     assert tenant_rows(b.tenant) == before, "tenant B's rows changed"
     assert not set(upstream.keys_seen()) & set(world.upstream_keys_of_b), "B's key reached the upstream"
 
-    # The gateway's usage is written before anything is deleted: providers/usage.py drops a whole batch when
+    # The gateway's usage is written before anything is deleted: providers/gateway/usage.py drops a whole batch when
     # one of its rows refers to a model deleted in the meantime.
     failures = run_positive_controls(http, ops, a, before_deletes=gateway.flush_usage)
     assert not failures, "\n".join(failures)

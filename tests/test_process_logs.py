@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 
 from eneo_site.quickstart import uvicorn_args
-from providers.checks import check_start
+from providers.checks.jobs import check_start
 from providers.models import ProviderCheck
 
 from .conftest import CANARY, CeleryProcesses, _free_port, _test_database_url, point_celery_at, wait_for

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from providers.request_schema import SCHEMA_FILE, extract, request_fields, routing_keys
+from providers.gateway.request_schema import SCHEMA_FILE, extract, request_fields, routing_keys
 from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 

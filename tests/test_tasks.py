@@ -4,8 +4,8 @@ import time
 
 from django.utils import timezone
 
-from providers.checks import check_start
-from providers.health import health_check_providers
+from providers.checks.jobs import check_start
+from providers.checks.health import health_check_providers
 from providers.models import AIModel, Provider, ProviderCheck
 from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create

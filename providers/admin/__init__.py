@@ -3,9 +3,9 @@
 provider.py: ProviderAdmin (add wizard in wizard.py); aimodel.py: AIModelAdmin; forms.py: every form;
 sharing.py: ACL grants; checks.py: connectivity test / validation calls; discovery.py: GET {base}/models.
 """
-from .aimodel import AIModelAdmin
-from .provider import ProviderAdmin
-from .schedules import PeriodicTaskAdmin
-from .usage import UsageRecordAdmin
+from providers.admin.aimodel import AIModelAdmin
+from providers.admin.provider import ProviderAdmin
+from providers.admin.schedules import PeriodicTaskAdmin
+from providers.admin.usage import UsageRecordAdmin
 
 __all__ = ["AIModelAdmin", "PeriodicTaskAdmin", "ProviderAdmin", "UsageRecordAdmin"]

@@ -7,15 +7,15 @@ from django.core.exceptions import ValidationError
 from django.urls import path
 from django.utils.html import format_html_join
 
-from .. import services
-from ..models import AIModel
-from ..provider_types import get_spec
-from ..selectors import (alias_list, model_can, model_enabled_tenants, model_list, provider_can, provider_list,
+from providers import services
+from providers.models import AIModel
+from providers.provider_types import get_spec
+from providers.selectors import (alias_list, model_can, model_enabled_tenants, model_list, provider_can, provider_list,
                          provider_tenant_choices)
-from .base import ScopedAdminMixin, actor_for, error_text, object_post_view, principal_for
-from .checks import run_model_validate
-from .forms import KEEP, AIModelAddForm, AIModelChangeForm, TenantEnablementForm
-from .sharing import SharingAdminMixin, intermediate_page
+from providers.admin.base import ScopedAdminMixin, actor_for, error_text, object_post_view, principal_for
+from providers.admin.checks import run_model_validate
+from providers.admin.forms import KEEP, AIModelAddForm, AIModelChangeForm, TenantEnablementForm
+from providers.admin.sharing import SharingAdminMixin, intermediate_page
 
 MAX_VALIDATIONS = 20  # each one is a real call; more at once would outlast the request
 

@@ -21,8 +21,8 @@ from django.views.decorators.debug import sensitive_post_parameters
 from tenants.actors import Actor
 from tenants.admin import NotFoundOutsideScopeMixin
 
-from ..selectors import Principal
-from ..services import Conflict
+from providers.selectors import Principal
+from providers.services import Conflict
 
 # Encrypted columns (and the API-key digest): never filterable, sortable or searchable from the admin.
 SECRET_FIELD_NAMES = frozenset({"config", "secret", "model_config", "digest"})

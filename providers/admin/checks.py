@@ -1,4 +1,4 @@
-"""Where the admin starts connectivity tests and model validations: queued on Celery (providers.checks).
+"""Where the admin starts connectivity tests and model validations: queued on Celery (providers.checks.jobs).
 
 The page shows the outcome when it is already there (eager mode, or inline when the broker is down), else a
 "queued" notice; the change page lists the check and refreshes itself until it is done.
@@ -11,8 +11,8 @@ from django.contrib import messages
 
 from tenants.actors import Actor
 
-from ..checks import check_start
-from ..models import AIModel, Provider, ProviderCheck
+from providers.checks.jobs import check_start
+from providers.models import AIModel, Provider, ProviderCheck
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from django.core.exceptions import ValidationError
 from credentials.forms import SecretJSONField
 from tenants.models import Tenant
 
-from .. import services
-from ..choices import AclRole
-from ..models import AIModel, Provider, ProviderKey
-from ..provider_types import ProviderTypeSpec, all_specs
-from .base import add_service_errors
+from providers import services
+from providers.choices import AclRole
+from providers.models import AIModel, Provider, ProviderKey
+from providers.provider_types import ProviderTypeSpec, all_specs
+from providers.admin.base import add_service_errors
 
 KEEP = ...  # "leave the stored secret as it is" (what services.provider_update/model_update expect)
 

@@ -10,15 +10,15 @@ from django.utils.html import format_html
 
 from credentials.masking import mask_last4
 
-from .. import services
-from ..models import AIModel, Provider, ProviderKey
-from ..provider_types import get_spec
-from ..selectors import model_list, provider_can, provider_check_list, provider_search
-from .base import ScopedAdminMixin, actor_for, health_badge, object_post_view, principal_for
-from .checks import run_discovery, run_model_validate, run_provider_test
-from .forms import AIModelInlineForm, ProviderChangeForm, ProviderKeyInlineForm
-from .sharing import SharingAdminMixin
-from .wizard import ProviderWizard
+from providers import services
+from providers.models import AIModel, Provider, ProviderKey
+from providers.provider_types import get_spec
+from providers.selectors import model_list, provider_can, provider_check_list, provider_search
+from providers.admin.base import ScopedAdminMixin, actor_for, health_badge, object_post_view, principal_for
+from providers.admin.checks import run_discovery, run_model_validate, run_provider_test
+from providers.admin.forms import AIModelInlineForm, ProviderChangeForm, ProviderKeyInlineForm
+from providers.admin.sharing import SharingAdminMixin
+from providers.admin.wizard import ProviderWizard
 
 
 class ProviderChildInline(admin.TabularInline):

@@ -10,10 +10,10 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from .. import services
-from ..selectors import acl_list, grantee_choices
-from .base import actor_for, error_text, principal_for
-from .forms import GranteeForm, GrantForm
+from providers import services
+from providers.selectors import acl_list, grantee_choices
+from providers.admin.base import actor_for, error_text, principal_for
+from providers.admin.forms import GranteeForm, GrantForm
 
 
 def acl_response(model_admin, request, objects, *, revoke: bool, action_name: str | None = None):

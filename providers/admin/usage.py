@@ -4,8 +4,8 @@ from django.db.models import Avg, Count, Q, Sum
 
 from tenants.admin import NotFoundOutsideScopeMixin, ReadOnlyAdminMixin
 
-from ..models import UsageRecord
-from ..selectors import Principal, usage_list
+from providers.models import UsageRecord
+from providers.selectors import Principal, usage_list
 
 
 @admin.register(UsageRecord)

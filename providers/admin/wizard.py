@@ -25,14 +25,14 @@ from credentials import crypto
 from credentials.fields import Sealed
 from credentials.masking import mask
 
-from .. import services
-from ..models import Provider
-from ..provider_types import KnownModel, ProviderTypeSpec, all_specs, get_spec
-from ..selectors import favourite_provider_types, provider_tenant_choices
-from .base import actor_for, error_text, principal_for
-from .checks import run_provider_test
-from ..discovery import discover_model_ids
-from .forms import WizardCredentialsForm, WizardModelsForm, WizardTypeForm
+from providers import services
+from providers.models import Provider
+from providers.provider_types import KnownModel, ProviderTypeSpec, all_specs, get_spec
+from providers.selectors import favourite_provider_types, provider_tenant_choices
+from providers.admin.base import actor_for, error_text, principal_for
+from providers.admin.checks import run_provider_test
+from providers.checks.discovery import discover_model_ids
+from providers.admin.forms import WizardCredentialsForm, WizardModelsForm, WizardTypeForm
 
 SESSION_KEY = "providers_add_wizard"
 PAGE_SIZE = 50

@@ -28,10 +28,10 @@ from credentials.provider_rules import ALIASES, provider_types
 from tenants.api_keys import api_key_match
 from tenants.models import AuditEvent, Tenant, TenantApiKey
 
-from .choices import HealthStatus
-from .models import AIModel, ProviderKey
-from .provider_types import litellm_model_name
-from .selectors import Principal, list_active_models
+from providers.choices import HealthStatus
+from providers.models import AIModel, ProviderKey
+from providers.provider_types import litellm_model_name
+from providers.selectors import Principal, list_active_models
 
 HEALTH_RANK = {HealthStatus.HEALTHY: 0, HealthStatus.UNKNOWN: 1, HealthStatus.DEGRADED: 2, HealthStatus.DOWN: 3}
 

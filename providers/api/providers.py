@@ -25,10 +25,10 @@ from tenants.schemas import ErrorOut
 from tenants.scopes import Scope
 from tenants.selectors import tenant_get
 
-from . import selectors, services
-from .models import AIModel, Provider
-from .provider_types import all_specs, get_spec
-from .schemas import (
+from providers import selectors, services
+from providers.models import AIModel, Provider
+from providers.provider_types import all_specs, get_spec
+from providers.api.schemas import (
     EnablementOut,
     KeyIn,
     KeyOut,
@@ -43,7 +43,7 @@ from .schemas import (
     ProviderTypeDetailOut,
     ProviderTypeOut,
 )
-from .selectors import Forbidden, NotFound, Principal
+from providers.selectors import Forbidden, NotFound, Principal
 
 ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut}
 WRITE_ERRORS = {**ERRORS, 409: ErrorOut}

@@ -13,10 +13,10 @@ from ninja import Field, Router, Schema, Status
 from tenants.auth import tenant_key_auth
 from tenants.schemas import ErrorOut
 
-from . import selectors
-from .api import Scope, _caller, _model, _provider
-from .checks import check_start
-from .models import ProviderCheck
+from providers import selectors
+from providers.api.providers import Scope, _caller, _model, _provider
+from providers.checks.jobs import check_start
+from providers.models import ProviderCheck
 
 ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut}
 

@@ -9,7 +9,7 @@ against that schema (else 400 `invalid_value`, naming the field).
 The schemas are the request schemas of OpenAI's OpenAPI document (openai/openai-openapi, MIT), extracted with
 the components they reference into openai_request_schemas.json. Regenerate after updating the vendored spec:
 
-    python -m providers.request_schema tests/openai-openapi.json.gz
+    python -m providers.gateway.request_schema tests/openai-openapi.json.gz
 
 (tests/test_request_allowlist.py fails when the extract and the vendored spec differ.) Validation runs in Rust
 (jsonschema-rs): about a microsecond for a typical request.

@@ -30,15 +30,15 @@ from credentials.masking import secret_scope
 from credentials.resolution import CredentialError, CredentialMissing, CredentialUndecryptable
 from tenants.models import Tenant, TenantApiKey
 
-from .breaker import breaker, provider_fault
-from .catalog import Snapshot, catalog, qualified_name, split_prefix
-from .choices import ModelType
-from .limits import limiter
-from .request_schema import NOT_FORWARDED, RequestInvalid, validate_request
-from .models import AIModel
-from .provider_types import litellm_model_name
-from .services import model_settings, provider_credential
-from .usage import cost_of, writer
+from providers.gateway.breaker import breaker, provider_fault
+from providers.gateway.catalog import Snapshot, catalog, qualified_name, split_prefix
+from providers.choices import ModelType
+from providers.gateway.limits import limiter
+from providers.gateway.request_schema import NOT_FORWARDED, RequestInvalid, validate_request
+from providers.models import AIModel
+from providers.provider_types import litellm_model_name
+from providers.services import model_settings, provider_credential
+from providers.gateway.usage import cost_of, writer
 
 log = logging.getLogger("eneo.gateway")
 
@@ -108,7 +108,7 @@ def _credential(caller: Caller, model: AIModel):
 def _call_params(model: AIModel, cred) -> dict:
     """LiteLLM arguments for this model: the model's stored call settings, then name, endpoint and key (from
     the credential only), timeouts."""
-    from .llm import call_kwargs
+    from providers.llm import call_kwargs
 
     params = model_settings(model)
     params.update({"model": qualified_name(model), **call_kwargs(model.provider.provider_type, cred),
@@ -118,7 +118,7 @@ def _call_params(model: AIModel, cred) -> dict:
 
 def _map_upstream(exc: Exception, model: AIModel) -> tuple[GatewayError, bool]:
     """(error for the caller, may another model be tried)."""
-    from .llm import litellm, upstream_text
+    from providers.llm import litellm, upstream_text
 
     label = model.alias or model.model_id
     denied = egress_denied(exc)
@@ -257,7 +257,7 @@ async def chat_completion(caller: Caller, body: dict, raw: bytes | None = None):
 
     `body` holds only what the caller sent (validated here against the public API schema); `raw` is the request
     body as received, if at hand."""
-    from .llm import litellm
+    from providers.llm import litellm
 
     started = time.monotonic()
     _validated("chat.completions", body, raw)
@@ -340,7 +340,7 @@ async def _sse(caller, model, requested, started, iterator, first, wants_usage):
 
 
 async def embeddings(caller: Caller, body: dict, raw: bytes | None = None) -> dict:
-    from .llm import litellm
+    from providers.llm import litellm
 
     started = time.monotonic()
     _validated("embeddings", body, raw)

@@ -24,7 +24,7 @@ def provider_fault(exc: BaseException) -> bool:
 
     from credentials.egress import egress_denied
 
-    from .llm import litellm
+    from providers.llm import litellm
 
     if egress_denied(exc) is not None:
         return False

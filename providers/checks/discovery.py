@@ -99,9 +99,9 @@ def models_discover(*, provider, actor) -> dict:
 
     from tenants.services import audit_record
 
-    from .models import AIModel
-    from .provider_types import get_spec
-    from .services import model_create, provider_credential
+    from providers.models import AIModel
+    from providers.provider_types import get_spec
+    from providers.services import model_create, provider_credential
 
     spec = get_spec(provider.provider_type)
     if spec.lists_models:

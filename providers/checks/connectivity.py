@@ -16,9 +16,9 @@ from credentials.egress import egress_denied, egress_scope
 from credentials.masking import secret_scope
 from credentials.resolution import CredentialError, ResolvedCredential
 
-from .choices import HealthStatus, ModelStatus, ModelType
-from .models import AIModel, Provider, ProviderCheck
-from .provider_types import get_spec, litellm_model_name
+from providers.choices import HealthStatus, ModelStatus, ModelType
+from providers.models import AIModel, Provider, ProviderCheck
+from providers.provider_types import get_spec, litellm_model_name
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def _connection_failed(exc: BaseException | None) -> bool:
 
 def classify_error(exc: Exception) -> tuple[str, str]:
     """(health status, user-facing message) for an exception from a provider call. Masked."""
-    from .llm import litellm
+    from providers.llm import litellm
 
     if isinstance(exc, CredentialError):
         return HealthStatus.DOWN, str(exc)
@@ -64,15 +64,15 @@ def classify_error(exc: Exception) -> tuple[str, str]:
         return HealthStatus.DEGRADED, "None of the test models could be found"
     if isinstance(exc, litellm.RateLimitError):
         return HealthStatus.DEGRADED, "Rate limited by the provider (429); the key works"
-    from .llm import upstream_text
+    from providers.llm import upstream_text
 
     return HealthStatus.DOWN, f"Connection test failed: {upstream_text(exc)}"
 
 
 def _probe(provider: Provider, model: AIModel | None, model_id: str, model_type: str, cred: ResolvedCredential):
     """One tiny real call with the resolved credential, to the endpoint it is bound to, under its egress rule."""
-    from .llm import call_kwargs, litellm
-    from .services import model_settings
+    from providers.llm import call_kwargs, litellm
+    from providers.services import model_settings
 
     name = litellm_model_name(provider.provider_type, model_id)
     kwargs = {**(model_settings(model) if model is not None else {}), "model": name,
@@ -120,7 +120,7 @@ def _record(provider: Provider, kind: str, outcome: CheckOutcome, *, model=None,
 
 def provider_test(*, provider: Provider, tenant=None, check: ProviderCheck | None = None) -> CheckOutcome:
     """A 1-token completion to a model of the provider (or a cheap known one) with the resolved key."""
-    from .services import provider_credential
+    from providers.services import provider_credential
 
     started = time.monotonic()
     try:
@@ -154,7 +154,7 @@ def provider_test(*, provider: Provider, tenant=None, check: ProviderCheck | Non
 
 def model_validate(*, model: AIModel, tenant=None, check: ProviderCheck | None = None) -> CheckOutcome:
     """One tiny completion (or an embedding of "test") with exactly this model."""
-    from .services import provider_credential
+    from providers.services import provider_credential
 
     provider = model.provider
     started = time.monotonic()

@@ -20,8 +20,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from tenants.parsers import JsonParser, body_error
 from tenants.scopes import Scope
 
-from .catalog import catalog
-from .completion import Caller, GatewayError, chat_completion, embeddings, models_for
+from providers.gateway.catalog import catalog
+from providers.gateway.service import Caller, GatewayError, chat_completion, embeddings, models_for
 
 log = logging.getLogger("eneo.gateway")
 
@@ -49,7 +49,7 @@ ModelName = Annotated[str, StringConstraints(max_length=300), AfterValidator(_no
 
 class ChatCompletionIn(BaseModel):
     """The documented core; every other field of OpenAI's request schema is accepted too, and the whole body is
-    validated against that schema (providers.request_schema). Any field outside it is a 400 naming it."""
+    validated against that schema (providers.gateway.request_schema). Any field outside it is a 400 naming it."""
 
     model_config = ConfigDict(extra="allow")
     model: ModelName = Field(..., description="An alias, a model id, or <provider>/<model id> (azure/..., "

@@ -17,7 +17,7 @@ from pydantic import ConfigDict
 from credentials.masking import mask_last4
 from tenants.schemas import NoNulIn
 
-from .choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
+from providers.choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
 
 MAX_INT = 2_147_483_647  # PositiveIntegerField's range on PostgreSQL: larger values are a 422, not a 500
 

@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from tenants.actors import Actor
 
-from . import connectivity
-from .models import AIModel, Provider, ProviderCheck
+from providers.checks import connectivity
+from providers.models import AIModel, Provider, ProviderCheck
 
 log = logging.getLogger("eneo.checks")
 
@@ -31,7 +31,7 @@ def check_start(*, kind: str, provider: Provider, model: AIModel | None = None, 
 
 
 def _dispatch(check: ProviderCheck):
-    from .tasks import check_run as check_run_task
+    from providers.tasks import check_run as check_run_task
 
     try:
         check_run_task.apply_async(args=[check.pk], task_id=check.task_id, retry=False)
@@ -65,7 +65,7 @@ def check_run(check_id: int, *, attempt: int = 0, retries_left: int = 0) -> conn
 def _discover(check: ProviderCheck) -> connectivity.CheckOutcome:
     from credentials.resolution import CredentialError
 
-    from .discovery import models_discover
+    from providers.checks.discovery import models_discover
 
     try:
         summary = models_discover(provider=check.provider, actor=Actor(name="discovery", source="task"))

@@ -23,11 +23,11 @@ from credentials.egress import EgressDenied, async_client, egress_scope
 from credentials.masking import mask_text, secret_scope
 from credentials.resolution import CredentialError, ResolvedCredential
 
-from .choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
-from .connectivity import classify_error
-from .discovery import _headers, models_url
-from .models import AIModel, Provider, ProviderCheck
-from .provider_types import get_spec, litellm_model_name
+from providers.choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
+from providers.checks.connectivity import classify_error
+from providers.checks.discovery import _headers, models_url
+from providers.models import AIModel, Provider, ProviderCheck
+from providers.provider_types import get_spec, litellm_model_name
 
 
 @dataclass
@@ -47,7 +47,7 @@ class ProbeResult:
 
 
 def _plan(provider: Provider) -> Probe:
-    from .services import provider_credential
+    from providers.services import provider_credential
 
     try:
         cred = provider_credential(provider=provider, tenant=provider.tenant)
@@ -94,8 +94,8 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> ProbeResult:
 
 
 async def _probe_call(probe: Probe, started: float) -> ProbeResult:
-    from .llm import call_kwargs, litellm
-    from .services import model_settings
+    from providers.llm import call_kwargs, litellm
+    from providers.services import model_settings
 
     model, cred = probe.model, probe.cred
     kwargs = {**model_settings(model), "model": litellm_model_name(probe.provider.provider_type, model.model_id),

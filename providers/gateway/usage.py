@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from tenants.models import TenantApiKey
 
-from .models import UsageRecord
+from providers.models import UsageRecord
 
 log = logging.getLogger("eneo.gateway.usage")
 
@@ -106,7 +106,7 @@ def _drop_dangling(batch: list[tuple]) -> list[tuple]:
     SET_NULL would have done), so one deletion never costs the other rows of the batch."""
     from tenants.models import Tenant
 
-    from .models import AIModel, Provider
+    from providers.models import AIModel, Provider
 
     tenants = _existing(Tenant, {r[0] for r in batch})
     keys = _existing(TenantApiKey, {r[1] for r in batch if r[1]})

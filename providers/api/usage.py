@@ -15,8 +15,8 @@ from tenants.auth import tenant_key_auth
 from tenants.pagination import Pagination
 from tenants.schemas import ErrorOut, NoNulIn
 
-from . import selectors
-from .api import Scope, _caller
+from providers import selectors
+from providers.api.providers import Scope, _caller
 
 router = Router(tags=["usage"], auth=tenant_key_auth)
 
