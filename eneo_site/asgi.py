@@ -4,9 +4,10 @@ Two lanes:
 - /v1/ (the OpenAI-compatible gateway) runs its async django-ninja handlers directly: no middleware chain and
   no request_started/request_finished signals. Under ASGI those signals and sync middleware run through
   sync_to_async in a new thread per request, which cost more CPU than the rest of a gateway call. What the
-  skipped middleware would do for a JSON API is done here: the Host header is checked against
-  ALLOWED_HOSTS and the security headers are set. The gateway's few database touches (catalog refresh, usage
-  batches) manage their own connections.
+  skipped middleware would do for a JSON API is done here: the Host header is checked against ALLOWED_HOSTS
+  before the body is read, and the security headers are set (HSTS on https under production settings). The
+  gateway's few database touches (catalog refresh, usage batches) manage their own connections. Each request
+  carries the process's Gateway (providers/gateway/core.py).
 - Everything else (admin, REST API) goes through Django's normal handler. Static admin assets are served by
   Django's staticfiles handler, which only intercepts STATIC_URL paths.
 
@@ -41,15 +42,52 @@ def _error(status: int, message: str, code: str) -> HttpResponse:
                                    "code": code}}, status=status)
 
 
+def _host_allowed(scope) -> bool:
+    """ALLOWED_HOSTS, checked on the Host header before any of the body is read."""
+    from django.http.request import split_domain_port, validate_host
+
+    host = next((v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"host"), "")
+    domain, _port = split_domain_port(host)
+    allowed = settings.ALLOWED_HOSTS or (["localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
+    return bool(domain) and validate_host(domain, allowed)
+
+
+def _security_headers(scope) -> dict:
+    """What SecurityMiddleware and XFrameOptionsMiddleware would send, HSTS included (on https, when enabled)."""
+    headers = dict(SECURITY_HEADERS)
+    secure = scope.get("scheme") == "https" or (
+        settings.SECURE_PROXY_SSL_HEADER is not None and any(
+            k.decode("latin-1").upper().replace("-", "_") == settings.SECURE_PROXY_SSL_HEADER[0][5:]
+            and v.decode("latin-1") == settings.SECURE_PROXY_SSL_HEADER[1] for k, v in scope.get("headers") or []))
+    if secure and settings.SECURE_HSTS_SECONDS:
+        value = f"max-age={settings.SECURE_HSTS_SECONDS}"
+        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+            value += "; includeSubDomains"
+        if settings.SECURE_HSTS_PRELOAD:
+            value += "; preload"
+        headers["Strict-Transport-Security"] = value
+    return headers
+
+
 class GatewayLane(ASGIHandler):
-    """Django's ASGI handler for /v1/ requests, minus middleware and per-request signal threads."""
+    """Django's ASGI handler for /v1/ requests, minus middleware and per-request signal threads. Every request
+    gets this process's Gateway (catalog, limiter, breaker, usage writer) as `request.gateway`."""
+
+    def __init__(self, gateway):
+        super().__init__()
+        self.gateway = gateway
 
     async def handle(self, scope, receive, send):
+        if not _host_allowed(scope):
+            await self.send_response(_error(400, "Invalid Host header.", "invalid_host"), send)
+            return
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
         request, error_response = self.create_request(scope, body_file)
+        if request is not None:
+            request.gateway = self.gateway
         if request is None:
             body_file.close()
             await self.send_response(error_response, send)
@@ -73,7 +111,7 @@ class GatewayLane(ASGIHandler):
 
     async def _process(self, request, send):
         response = await self._respond(request)
-        for header, value in SECURITY_HEADERS.items():
+        for header, value in _security_headers(request.scope).items():
             response.headers.setdefault(header, value)
         try:
             await self.send_response(response, send)
@@ -178,4 +216,13 @@ _warm_up()
 from credentials.masking import install_masking_everywhere  # noqa: E402
 
 install_masking_everywhere()
-application = BodyLimit(Router(ASGIStaticFilesHandler(django_application), GatewayLane()))
+
+
+def build_application(gateway=None):
+    """The whole ASGI app around one Gateway (the process's own by default; tests build their own)."""
+    from providers.gateway.core import process_gateway
+
+    return BodyLimit(Router(ASGIStaticFilesHandler(django_application), GatewayLane(gateway or process_gateway())))
+
+
+application = build_application()

@@ -141,9 +141,11 @@ class LiveGateway:
 
         import uvicorn
 
-        from eneo_site.asgi import application
+        from eneo_site.asgi import build_application
+        from providers.gateway.core import Gateway
 
-        self.config = uvicorn.Config(application, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+        self.gw = Gateway()  # this server's own catalog, limiter, breaker and usage writer
+        self.config = uvicorn.Config(build_application(self.gw), host="127.0.0.1", port=0, log_level="warning", lifespan="off",
                                      access_log=False, proxy_headers=False)
         self.server = uvicorn.Server(self.config)
         self.loop = None
@@ -179,9 +181,7 @@ class LiveGateway:
         return asyncio.run_coroutine_threadsafe(coro_factory(), self.loop).result(timeout)
 
     def flush_usage(self):
-        from providers.gateway.usage import writer
-
-        self.run_async(writer.flush)
+        self.run_async(self.gw.usage.flush)
 
     def stop(self):
         from asgiref.sync import sync_to_async
@@ -211,13 +211,11 @@ def live_gateway(django_db_setup, django_db_blocker):
 @pytest.fixture
 def gateway(live_gateway, transactional_db, settings):
     """Our gateway over real HTTP, seeing this test's committed data at once."""
-    from providers.gateway.catalog import catalog
-
     settings.CATALOG_REFRESH_SECONDS = 0
-    catalog.invalidate()
+    live_gateway.gw.catalog.invalidate()
     yield live_gateway
     live_gateway.flush_usage()
-    catalog.invalidate()
+    live_gateway.gw.catalog.invalidate()
 
 
 def openai_client(gateway, api_key, **kwargs):

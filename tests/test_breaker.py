@@ -6,7 +6,6 @@ import httpx
 import pytest
 
 from credentials.services import credential_set
-from providers.gateway.breaker import breaker
 from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 
@@ -17,7 +16,7 @@ A_KEY = "sk-tenant-a-own-key-1111"
 
 @pytest.fixture
 def two_tenants(gateway, upstream, tenant, other_tenant, settings):
-    breaker.reset()
+    gateway.gw.breaker.reset()
     settings.GATEWAY_BREAKER_FAILURES, settings.GATEWAY_BREAKER_SECONDS = 2, 60
     shared = make_provider(tenant=None, instance_wide=True, base_url=upstream.url + "/v1",
                            api_key="sk-shared-instance-key-2222")
@@ -26,7 +25,7 @@ def two_tenants(gateway, upstream, tenant, other_tenant, settings):
     a = api_key_create(actor=SYSTEM, tenant=tenant, name="a", scopes=["gateway:Use"]).plaintext
     b = api_key_create(actor=SYSTEM, tenant=other_tenant, name="b", scopes=["gateway:Use"]).plaintext
     yield {"a": a, "b": b}
-    breaker.reset()
+    gateway.gw.breaker.reset()
 
 
 def chat(gateway, key, **extra):

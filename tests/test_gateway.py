@@ -261,8 +261,7 @@ def test_canary_tenant_key_never_leaks(gateway, upstream, world, tenant, all_log
 
 
 def test_circuit_breaker_pauses_a_failing_provider(gateway, upstream, world, settings):
-    from providers.gateway.breaker import breaker
-
+    breaker = gateway.gw.breaker
     breaker.reset()
     settings.GATEWAY_BREAKER_FAILURES, settings.GATEWAY_BREAKER_SECONDS = 2, 60
     upstream.set_fault("status", status=500, path_contains="/openai/deployments")
@@ -293,10 +292,9 @@ def test_usage_survives_deletions_before_the_flush(gateway, upstream, world, ten
 
 
 def test_tokens_per_minute_limit(gateway, upstream, world):
-    from providers.gateway.limits import limiter
-
     import time
 
+    limiter = gateway.gw.limiter
     while time.time() % 60 > 55:  # the window is the calendar minute: don't straddle it
         time.sleep(0.5)
     limiter.local.tokens.clear()

@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from tenants.parsers import JsonParser, body_error
 from tenants.scopes import Scope
 
-from providers.gateway.catalog import catalog
+from providers.gateway.core import request_gateway
 from providers.gateway.service import Caller, GatewayError, chat_completion, embeddings, models_for
 
 log = logging.getLogger("eneo.gateway")
@@ -178,7 +178,8 @@ async def authenticate(request) -> Caller:
                            code="too_many_auth_failures", retry_after=retry_after)
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("api-key", "")
-    snapshot = await catalog.get()
+    gateway = request_gateway(request)
+    snapshot = await gateway.catalog.get()
     key = snapshot.authenticate(token)
     if key is None:
         if token:
@@ -192,7 +193,7 @@ async def authenticate(request) -> Caller:
     if tenant is None:
         raise GatewayError(401, "The API key's tenant is inactive.", type_="invalid_request_error",
                            code="invalid_api_key")
-    return Caller(tenant=tenant, api_key=key, snapshot=snapshot)
+    return Caller(tenant=tenant, api_key=key, snapshot=snapshot, gateway=gateway)
 
 
 ERRORS = {400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 413: ErrorBody, 415: ErrorBody,

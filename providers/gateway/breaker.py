@@ -76,4 +76,3 @@ class Breaker:
         self._open_until.clear()
 
 
-breaker = Breaker()

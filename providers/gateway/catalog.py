@@ -163,4 +163,3 @@ class Catalog:
             self._checked_at = 0.0
 
 
-catalog = Catalog()

@@ -169,4 +169,3 @@ class Limiter:
             self.local.release(provider.pk, max_conc)
 
 
-limiter = Limiter()

@@ -30,15 +30,14 @@ from credentials.masking import secret_scope
 from credentials.resolution import CredentialError, CredentialMissing, CredentialUndecryptable
 from tenants.models import Tenant, TenantApiKey
 
-from providers.gateway.breaker import breaker, provider_fault
-from providers.gateway.catalog import Snapshot, catalog, qualified_name, split_prefix
+from providers.gateway.breaker import provider_fault
+from providers.gateway.catalog import Snapshot, qualified_name, split_prefix
 from providers.choices import ModelType
-from providers.gateway.limits import limiter
 from providers.gateway.request_schema import NOT_FORWARDED, RequestInvalid, validate_request
 from providers.models import AIModel
 from providers.provider_types import litellm_model_name
 from providers.services import model_settings, provider_credential
-from providers.gateway.usage import cost_of, writer
+from providers.gateway.usage import cost_of
 
 log = logging.getLogger("eneo.gateway")
 
@@ -59,6 +58,7 @@ class Caller:
     tenant: Tenant
     api_key: TenantApiKey
     snapshot: Snapshot
+    gateway: "Gateway"  # noqa: F821 - providers.gateway.core.Gateway: catalog, limiter, breaker, usage
 
 
 def _available(models: list[AIModel], limit: int = 20) -> str:
@@ -72,7 +72,7 @@ def _available(models: list[AIModel], limit: int = 20) -> str:
 async def resolve_models(caller: Caller, requested: str, *, model_type: str) -> list[AIModel]:
     if not isinstance(requested, str) or not requested.strip():
         raise GatewayError(400, "'model' is required.", type_="invalid_request_error", param="model")
-    tm = await catalog.tenant_models(caller.snapshot, caller.tenant)
+    tm = await caller.gateway.catalog.tenant_models(caller.snapshot, caller.tenant)
     name = requested.strip()
     candidates = tm.by_name.get(name)
     if not candidates:
@@ -172,7 +172,7 @@ async def _check_budget(caller: Caller):
     budget = caller.tenant.monthly_budget
     if budget is None:
         return
-    spent = await writer.month_spend(caller.tenant)
+    spent = await caller.gateway.usage.month_spend(caller.tenant)
     if spent >= budget:
         raise GatewayError(429, f"Your tenant's monthly budget ({budget}) is used up ({spent:.4f} spent).",
                            type_="insufficient_quota", code="budget_exceeded")
@@ -181,7 +181,7 @@ async def _check_budget(caller: Caller):
 def _usage(caller: Caller, model: AIModel | None, requested: str, endpoint: str, started: float, *, status="ok",
            http_status=200, error_type="", tokens_in=0, tokens_out=0, reported_cost=None, streamed=False,
            ttft_ms=None):
-    writer.record((
+    caller.gateway.usage.record((
         caller.tenant.pk, caller.api_key.pk, model.provider_id if model else None, model.pk if model else None,
         str(requested)[:200], endpoint, tokens_in or 0, tokens_out or 0,
         cost_of(model, tokens_in or 0, tokens_out or 0, reported_cost) if status == "ok" else Decimal(0),
@@ -206,13 +206,13 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call):
             first_error = first_error or _credential_error(exc)
             continue
         breaker_key = _breaker_key(caller, model, cred)
-        if not breaker.allows(breaker_key):
+        if not caller.gateway.breaker.allows(breaker_key):
             first_error = first_error or GatewayError(
                 503, f"The provider of '{model.alias or model.model_id}' is failing; calls to it are paused for "
                      f"up to {settings.GATEWAY_BREAKER_SECONDS:g} s.", type_="api_error", code="provider_paused",
                 retry_after=int(settings.GATEWAY_BREAKER_SECONDS))
             continue
-        denied = await limiter.acquire(model.provider)
+        denied = await caller.gateway.limiter.acquire(model.provider)
         if denied is not None:
             first_error = first_error or GatewayError(429, f"Too many requests: {denied.reason}.",
                                                       type_="rate_limit_error", code="rate_limited",
@@ -223,21 +223,21 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call):
             with secret_scope(cred.api_key), egress_scope(tenant_controlled=cred.tenant_controlled):
                 try:
                     result = await call(model, params)
-                    breaker.success(breaker_key)
+                    caller.gateway.breaker.success(breaker_key)
                     return model, result
                 except GatewayError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped, masked, maybe failed over
                     error, retryable = _map_upstream(exc, model)
                     if provider_fault(exc):
-                        breaker.failure(breaker_key)
+                        caller.gateway.breaker.failure(breaker_key)
                     log.info("gateway: %s via provider %s failed: %s", model.model_id, model.provider_id,
                              error.code)
                     if not retryable:
                         raise error from None
                     first_error = first_error or error
         finally:
-            await limiter.release(model.provider)
+            await caller.gateway.limiter.release(model.provider)
     raise first_error or GatewayError(502, "No provider could serve the request.", type_="api_error")
 
 
@@ -294,7 +294,7 @@ async def chat_completion(caller: Caller, body: dict, raw: bytes | None = None):
         usage.pop("cost", None)  # LiteLLM's estimate; our cost comes from the model's prices
         _usage(caller, model, requested, "chat.completions", started, tokens_in=usage.get("prompt_tokens", 0),
                tokens_out=usage.get("completion_tokens", 0))
-        await limiter.add_tokens(model.provider, usage.get("total_tokens") or 0)
+        await caller.gateway.limiter.add_tokens(model.provider, usage.get("total_tokens") or 0)
         return data
     iterator, first = result
     return _sse(caller, model, requested, started, iterator, first, wants_usage)
@@ -336,7 +336,7 @@ async def _sse(caller, model, requested, started, iterator, first, wants_usage):
         _usage(caller, model, requested, "chat.completions", started, status=status, http_status=http_status,
                error_type=error_type, tokens_in=usage.get("prompt_tokens", 0),
                tokens_out=usage.get("completion_tokens", 0), streamed=True, ttft_ms=ttft)
-        await limiter.add_tokens(model.provider, usage.get("total_tokens") or 0)
+        await caller.gateway.limiter.add_tokens(model.provider, usage.get("total_tokens") or 0)
 
 
 async def embeddings(caller: Caller, body: dict, raw: bytes | None = None) -> dict:
@@ -366,13 +366,13 @@ async def embeddings(caller: Caller, body: dict, raw: bytes | None = None) -> di
     data.pop("_hidden_params", None)
     usage = data.get("usage") or {}
     _usage(caller, model, requested, "embeddings", started, tokens_in=usage.get("prompt_tokens", 0))
-    await limiter.add_tokens(model.provider, usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
+    await caller.gateway.limiter.add_tokens(model.provider, usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
     return data
 
 
 async def models_for(caller: Caller) -> list[dict]:
     """GET /v1/models: what this caller may use (aliases and qualified model names)."""
-    tm = await catalog.tenant_models(caller.snapshot, caller.tenant)
+    tm = await caller.gateway.catalog.tenant_models(caller.snapshot, caller.tenant)
     seen: dict[str, dict] = {}
     for m in tm.models:
         owner = m.provider.name

@@ -139,7 +139,6 @@ def _spend_from_db(tenant_id) -> Decimal:
     return total or Decimal(0)
 
 
-writer = UsageWriter()
 
 
 def cost_of(model, tokens_in: int, tokens_out: int, reported=None) -> Decimal:
