@@ -37,8 +37,8 @@ FAST_PREFIX = "/v1/"
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
 
 
-def _error(status: int, message: str, code: str) -> HttpResponse:
-    return JsonResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
+def _error(status: int, message: str, code: str, param: str | None = None) -> HttpResponse:
+    return JsonResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
                                    "code": code}}, status=status)
 
 
@@ -110,13 +110,32 @@ class GatewayLane(ASGIHandler):
         body_file.close()
 
     async def _process(self, request, send):
-        response = await self._respond(request)
+        response = await self._preparse(request) or await self._respond(request)
         for header, value in _security_headers(request.scope).items():
             response.headers.setdefault(header, value)
         try:
             await self.send_response(response, send)
         except asyncio.CancelledError:
             pass
+
+    async def _preparse(self, request) -> HttpResponse | None:
+        """A large body is parsed in a worker thread, so one 5 MB request does not hold up every other request on
+        this event loop; one with more messages than GATEWAY_MAX_MESSAGES is refused before anything else looks
+        at it. Small bodies are parsed where they are (cheaper than a thread hop)."""
+        if request.method != "POST" or len(request.body) < settings.GATEWAY_PARSE_IN_THREAD_BYTES:
+            return None
+        from tenants.parsers import JsonParser
+
+        try:
+            data = await asyncio.to_thread(JsonParser().parse_body, request)
+        except Exception:  # noqa: BLE001 - ninja parses again and answers with the precise error
+            return None
+        request.preparsed_json = data
+        messages = data.get("messages") if isinstance(data, dict) else None
+        if isinstance(messages, list) and len(messages) > settings.GATEWAY_MAX_MESSAGES:
+            return _error(400, f"Too many messages: {len(messages)} (at most {settings.GATEWAY_MAX_MESSAGES}).",
+                          "invalid_value", "messages")
+        return None
 
     async def _respond(self, request) -> HttpResponse:
         try:

@@ -13,7 +13,6 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
 
 # LiteLLM must never reach the internet at run time: its model cost map is read from the package.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -23,6 +22,12 @@ env = environ.Env()
 _env_file = Path(os.environ.get("ENV_FILE", BASE_DIR / ".env"))
 if _env_file.is_file():
     env.read_env(str(_env_file))
+
+# Local state of this instance: the SQLite database, the embedded Celery broker (queue, processed and control
+# folders), collected static files, the beat schedule. A relative path is taken from the project root, never
+# from the current directory. Two instances on one host need two VAR_DIRs. Created if missing.
+VAR_DIR = (BASE_DIR / Path(env.str("VAR_DIR", default="") or "var").expanduser()).resolve()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -128,8 +133,22 @@ TEMPLATES = [
 WSGI_APPLICATION = "eneo_site.wsgi.application"
 ASGI_APPLICATION = "eneo_site.asgi.application"
 
-VAR_DIR.mkdir(exist_ok=True)
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+# Empty DATABASE_URL = SQLite in VAR_DIR (the embedded run).
+DATABASES = {"default": env.db_url_config(env.str("DATABASE_URL", default="") or f"sqlite:///{VAR_DIR}/db.sqlite3")}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    _sqlite_name = str(DATABASES["default"]["NAME"])
+    if _sqlite_name and _sqlite_name != ":memory:" and not _sqlite_name.startswith("file:"):
+        DATABASES["default"]["NAME"] = str((BASE_DIR / _sqlite_name).resolve())  # relative: from the project root
+    # Concurrent writers (the gateway's usage writer beside requests, the Celery worker and beat): WAL lets readers
+    # run beside the one writer; IMMEDIATE takes the write lock when a transaction begins, so a transaction that
+    # read first never fails to upgrade its lock ("database is locked" at once, whatever the timeout); a writer
+    # waits up to SQLITE_BUSY_TIMEOUT seconds for the lock instead of failing.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": env.float("SQLITE_BUSY_TIMEOUT", default=20.0),
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        **DATABASES["default"].get("OPTIONS", {}),  # options in the URL (?timeout=...) win
+    }
 # Under ASGI each request's sync work runs in its own thread, so persistent per-thread connections would
 # leak: PostgreSQL uses psycopg's connection pool instead (DB_POOL_MAX_SIZE connections per process).
 if "postgresql" in DATABASES["default"]["ENGINE"] and env.bool("DB_POOL", default=True):
@@ -211,21 +230,30 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=10 * 102
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
 # --- Celery ----------------------------------------------------------------------------------------
-# Default: kombu's filesystem transport under var/ (no server). Production and CI: redis://...
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+# Default: kombu's filesystem transport in VAR_DIR/celery (no server). Production and CI: redis://...
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or "filesystem://"
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    _q = VAR_DIR / "celery" / "queue"
-    _p = VAR_DIR / "celery" / "processed"
-    _q.mkdir(parents=True, exist_ok=True)
-    _p.mkdir(parents=True, exist_ok=True)
+    # Every folder of the transport is set: kombu's default control folder is "control" in the current directory,
+    # where two instances would share exchange bindings.
+    _broker_dirs = {name: VAR_DIR / "celery" / name for name in ("queue", "processed", "control")}
+    for _dir in _broker_dirs.values():
+        _dir.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_q),
-        "data_folder_out": str(_q),
-        "data_folder_processed": str(_p),
+        "data_folder_in": str(_broker_dirs["queue"]),
+        "data_folder_out": str(_broker_dirs["queue"]),
+        "data_folder_processed": str(_broker_dirs["processed"]),
+        "control_folder": str(_broker_dirs["control"]),
     }
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # Fail fast when Redis is down: callers then run the check inline (providers.checks.jobs) instead of hanging.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 10}
+    # visibility_timeout: a message taken but not acknowledged this long (its worker died: checks are acknowledged
+    # late) goes back to the queue. Keep it above the longest task plus its retry countdown (a check with retries,
+    # a health batch: about 2 minutes with the defaults) and below CHECK_STALE_SECONDS. Swept every tenth of it.
+    _visibility = env.int("CELERY_VISIBILITY_TIMEOUT", default=300)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 10,
+                                       "visibility_timeout": _visibility, "unacked_restore_throttle": 1,
+                                       "unacked_restore_interval": max(1, min(60, _visibility // 10)),
+                                       "unacked_mutex_expire": max(1, min(300, _visibility))}
 # Task outcomes are stored in our own tables (never secrets); Celery's result backend is off by default.
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
 CELERY_TASK_IGNORE_RESULT = CELERY_RESULT_BACKEND is None
@@ -235,6 +263,7 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")  # beat's local file, not in the current directory
 
 # --- API -------------------------------------------------------------------------------------------
 NINJA_PAGINATION_PER_PAGE = 50
@@ -282,6 +311,8 @@ GATEWAY_TIMEOUT = env.float("GATEWAY_TIMEOUT", default=120.0)  # seconds for one
 DEFAULT_PROVIDER_TYPE = env.str("DEFAULT_PROVIDER_TYPE", default="openai")  # for model names without a prefix
 CATALOG_REFRESH_SECONDS = env.float("CATALOG_REFRESH_SECONDS", default=1.0)  # how often workers look for changes
 CATALOG_MAX_AGE_SECONDS = env.float("CATALOG_MAX_AGE_SECONDS", default=30.0)  # full reload (health updates)
+GATEWAY_MAX_MESSAGES = env.int("GATEWAY_MAX_MESSAGES", default=4096)  # messages in one chat request
+GATEWAY_PARSE_IN_THREAD_BYTES = env.int("GATEWAY_PARSE_IN_THREAD_BYTES", default=262144)  # larger bodies: off-loop
 USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.5)  # usage records are batched this long
 GATEWAY_GC_THRESHOLD = env.int("GATEWAY_GC_THRESHOLD", default=20000)  # gen-0 GC threshold in the server; 0 = default
 GATEWAY_BREAKER_FAILURES = env.int("GATEWAY_BREAKER_FAILURES", default=5)  # consecutive failures; 0 = off
@@ -295,6 +326,7 @@ HEALTH_CHECK_BATCH_SIZE = env.int("HEALTH_CHECK_BATCH_SIZE", default=1000)  # pr
 HEALTH_PROBE_MAX_TOKENS = env.int("HEALTH_PROBE_MAX_TOKENS", default=1)  # completion probes (no /models list)
 HEALTH_HISTORY_DAYS = env.int("HEALTH_HISTORY_DAYS", default=7)  # scheduled check rows kept
 CHECK_RETRY_BACKOFF = env.float("CHECK_RETRY_BACKOFF", default=5.0)  # seconds; doubled per retry (3 retries)
+CHECK_STALE_SECONDS = env.int("CHECK_STALE_SECONDS", default=600)  # still queued/running this long: marked failed
 PROVIDER_DISCOVERY_TIMEOUT = env.float("PROVIDER_DISCOVERY_TIMEOUT", default=5.0)  # GET {base}/models
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_TIMEOUT = 3

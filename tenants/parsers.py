@@ -69,6 +69,9 @@ def _too_deep(value, limit: int) -> bool:
 
 class JsonParser(Parser):
     def parse_body(self, request):
+        preparsed = getattr(request, "preparsed_json", None)  # parsed off the event loop (the /v1 lane)
+        if preparsed is not None:
+            return preparsed
         content_type = request.content_type or ""
         if content_type and content_type != "application/json" and not content_type.endswith("+json"):
             raise UnsupportedMediaType(content_type)

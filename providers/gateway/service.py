@@ -246,6 +246,10 @@ def _forwarded(body: dict) -> dict:
 
 
 def _validated(endpoint: str, body: dict, raw: bytes | None):
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) > settings.GATEWAY_MAX_MESSAGES:
+        raise GatewayError(400, f"Too many messages: {len(messages)} (at most {settings.GATEWAY_MAX_MESSAGES}).",
+                           type_="invalid_request_error", param="messages", code="invalid_value")
     try:
         validate_request(endpoint, body, raw)
     except RequestInvalid as exc:
