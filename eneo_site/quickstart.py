@@ -1,7 +1,8 @@
 """One command to run the service on embedded defaults: `python -m eneo_site.quickstart`.
 
-- writes `.env` on first run (DEBUG, fresh SECRET_KEY / ENCRYPTION_KEY / SUPER_API_KEY; SQLite under var/;
-  Celery on kombu's filesystem transport, so no server is needed),
+- writes `.env` (or ENV_FILE) on first run (DEBUG, fresh SECRET_KEY / ENCRYPTION_KEY / SUPER_API_KEY),
+- keeps its state in VAR_DIR (default var/): the SQLite database and kombu's filesystem transport for Celery, so
+  no server is needed,
 - migrates the database, creates environment-defined providers,
 - creates an `admin` superuser with a random password and prints it (first run only),
 - starts a Celery worker with beat, and the ASGI server (uvicorn) on http://127.0.0.1:8000.
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-ENV_FILE = BASE_DIR / ".env"
+ENV_FILE = Path(os.environ.get("ENV_FILE", BASE_DIR / ".env"))  # the file settings.py reads
 
 
 def write_env_file() -> bool:
@@ -62,6 +63,7 @@ def main():
     import django
 
     django.setup()
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.management import call_command, get_commands
 
@@ -87,13 +89,14 @@ def main():
         print(f"  Admin login:  admin / {password}   (shown once; change it in the admin)")
     else:
         print("  Admin login:  existing superuser (reset with `python manage.py changepassword admin`)")
-    print(f"  Settings:     {ENV_FILE}{' (created)' if created_env else ''}; SUPER_API_KEY is in it.\n")
+    print(f"  Settings:     {ENV_FILE}{' (created)' if created_env else ''}; SUPER_API_KEY is in it.")
+    print(f"  Local state:  {settings.VAR_DIR} (VAR_DIR)\n")
     sys.stdout.flush()
 
     bin_dir = Path(sys.executable).parent
     worker = subprocess.Popen(
         [str(bin_dir / "celery"), "-A", "eneo_site", "worker", "--beat", "--loglevel=INFO", "--concurrency=2",
-         "--schedule", str(BASE_DIR / "var" / "celerybeat-schedule")],
+         "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME],
         cwd=BASE_DIR,
     )
     server = subprocess.Popen([str(bin_dir / "uvicorn"), *uvicorn_args(host, port)], cwd=BASE_DIR)
