@@ -11,6 +11,7 @@ from django.utils.html import format_html
 from credentials.masking import mask_last4
 
 from providers import services
+from providers.checks.jobs import check_expire_stale
 from providers.models import AIModel, Provider, ProviderKey
 from providers.provider_types import get_spec
 from providers.selectors import model_list, provider_can, provider_check_list, provider_search
@@ -172,7 +173,8 @@ class ProviderAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         provider = self.get_scoped_object(request, unquote(object_id))
-        checks = provider_check_list(provider=provider)
+        checks = list(provider_check_list(provider=provider))
+        check_expire_stale(checks=checks)  # one whose worker stopped shows as failed (and the page stops refreshing)
         extra_context = {**(extra_context or {}), **self.sharing_context(request, provider), "checks": checks,
                          "checks_pending": any(c.state != "done" for c in checks),
                          "lists_models": get_spec(provider.provider_type).lists_models}

@@ -15,7 +15,7 @@ from tenants.schemas import ErrorOut
 
 from providers import selectors
 from providers.api.providers import Scope, _caller, _model, _provider
-from providers.checks.jobs import check_start
+from providers.checks.jobs import check_expire_stale, check_start
 from providers.models import ProviderCheck
 
 ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut}
@@ -84,7 +84,9 @@ def validate_model(request, provider_id: str, model_pk: int):
 
 @tasks_router.get("/{task_id}", response={200: TaskOut, **ERRORS})
 def get_task(request, task_id: str):
-    """State and outcome of a queued check. Unknown, or about a provider you cannot see: 404."""
+    """State and outcome of a queued check. Unknown, or about a provider you cannot see: 404. A check still queued
+    or running after CHECK_STALE_SECONDS is reported done and failed (its worker stopped)."""
     caller = _caller(request, Scope.GET)
     check = selectors.check_get(principal=caller.principal, task_id=task_id)
+    check_expire_stale(checks=[check])
     return check
