@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from tenants.actors import Actor
 from tenants.models import Tenant
-from tenants.services import audit_record
+from tenants.services import audit_record, catalog_bump
 
 from . import crypto
 from .egress import endpoint_allowed
@@ -139,6 +139,7 @@ def credential_set(
         tenant=tenant,
         changes={"before": before, "after": after},
     )
+    catalog_bump(tenant)
     return cred
 
 
@@ -175,6 +176,7 @@ def credential_delete(*, actor: Actor, tenant: Tenant, provider_type: str) -> bo
     cred.delete()
     cred.pk = pk  # so the audit event names the deleted row
     audit_record(actor=actor, action="credential.delete", target=cred, tenant=tenant, changes={"before": view, "after": None})
+    catalog_bump(tenant)
     return True
 
 

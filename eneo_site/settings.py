@@ -309,8 +309,10 @@ API_KEY_PEPPER = env.str("API_KEY_PEPPER", default="")  # HMAC key for tenant AP
 # --- Gateway (/v1) -----------------------------------------------------------------------------------
 GATEWAY_TIMEOUT = env.float("GATEWAY_TIMEOUT", default=120.0)  # seconds for one upstream call
 DEFAULT_PROVIDER_TYPE = env.str("DEFAULT_PROVIDER_TYPE", default="openai")  # for model names without a prefix
-CATALOG_REFRESH_SECONDS = env.float("CATALOG_REFRESH_SECONDS", default=1.0)  # how often workers look for changes
-CATALOG_MAX_AGE_SECONDS = env.float("CATALOG_MAX_AGE_SECONDS", default=30.0)  # full reload (health updates)
+# A change (revoked key, deleted tenant, disabled provider...) applies in every worker within this many seconds;
+# each worker checks the catalog version every half of it, in the background (providers/gateway/catalog.py).
+CATALOG_REFRESH_SECONDS = env.float("CATALOG_REFRESH_SECONDS", default=1.0)
+CATALOG_MAX_AGE_SECONDS = env.float("CATALOG_MAX_AGE_SECONDS", default=300.0)  # safety net: full background reload
 GATEWAY_MAX_MESSAGES = env.int("GATEWAY_MAX_MESSAGES", default=4096)  # messages in one chat request
 GATEWAY_PARSE_IN_THREAD_BYTES = env.int("GATEWAY_PARSE_IN_THREAD_BYTES", default=262144)  # larger bodies: off-loop
 USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.5)  # usage records are batched this long
@@ -318,6 +320,7 @@ GATEWAY_GC_THRESHOLD = env.int("GATEWAY_GC_THRESHOLD", default=20000)  # gen-0 G
 GATEWAY_BREAKER_FAILURES = env.int("GATEWAY_BREAKER_FAILURES", default=5)  # consecutive failures; 0 = off
 GATEWAY_BREAKER_SECONDS = env.float("GATEWAY_BREAKER_SECONDS", default=30.0)  # pause before one trial call
 RATE_LIMIT_REDIS_URL = env.str("RATE_LIMIT_REDIS_URL", default="")  # shared rpm/concurrency limits; empty = per process
+GATEWAY_LEASE_SECONDS = env.float("GATEWAY_LEASE_SECONDS", default=30.0)  # dead workers' concurrency slots free after
 
 # --- Checks and health (Celery) ------------------------------------------------------------------------
 HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=10.0)  # seconds per provider probe

@@ -225,10 +225,13 @@ class UsageRecord(models.Model):
     cost = models.DecimalField(max_digits=14, decimal_places=8, default=0)
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Time to first token (streamed calls).")
-    status = models.CharField(max_length=10, help_text="ok or error.")
+    status = models.CharField(max_length=20, help_text="ok, error (upstream), client_closed or refused.")
     http_status = models.PositiveSmallIntegerField(default=200)
     error_type = models.CharField(max_length=60, blank=True)
     streamed = models.BooleanField(default=False)
+    tokens_estimated = models.BooleanField(
+        default=False, db_default=False,
+        help_text="The provider reported no usage: tokens were counted with LiteLLM's token counter.")
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:

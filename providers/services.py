@@ -16,7 +16,7 @@ from credentials.resolution import ProviderEndpoint, ResolvedCredential, credent
 from credentials.services import endpoint_validate
 from tenants.actors import Actor
 from tenants.models import Tenant, TenantMembership
-from tenants.services import audit_record
+from tenants.services import audit_record, catalog_bump
 
 from providers.choices import AclRole, ModelType
 from providers.models import AIModel, FavouriteProviderType, Provider, ProviderKey, TenantModelEnablement
@@ -149,6 +149,7 @@ def provider_create(
                            f"{'in this tenant' if tenant else 'at instance level'}.")
     audit_record(actor=actor, action="provider.create", target=provider, tenant=tenant,
                  changes={"before": None, "after": _audit_provider(provider)})
+    catalog_bump(provider.tenant_id)
     if api_key or sealed_api_key:
         provider_key_add(actor=actor, provider=provider, secret=api_key, sealed=sealed_api_key, label=key_label)
     for spec in models or []:
@@ -181,6 +182,7 @@ def provider_update(*, actor: Actor, provider: Provider, config=..., **fields) -
     changes = {k: [before[k], after[k]] for k in after if before[k] != after[k]}
     if changes:
         audit_record(actor=actor, action="provider.update", target=provider, tenant=provider.tenant, changes=changes)
+        catalog_bump(provider.tenant_id)
     return provider
 
 
@@ -195,6 +197,7 @@ def provider_delete(*, actor: Actor, provider: Provider, force: bool = False) ->
     provider.pk = pk
     audit_record(actor=actor, action="provider.delete", target=provider, tenant=tenant,
                  changes={"before": view, "models_deleted": count})
+    catalog_bump(provider.tenant_id)
 
 
 # --- Keys (rotation: add new, validate, disable old) ----------------------------------------------------
@@ -217,6 +220,7 @@ def provider_key_add(*, actor: Actor, provider: Provider, secret: str = "", seal
     audit_record(actor=actor, action="provider_key.add", target=key, tenant=provider.tenant,
                  changes={"provider": provider.public_id, "label": key.label, "secret": key.masked,
                           "is_active": is_active})
+    catalog_bump(provider.tenant_id)
     return key
 
 
@@ -227,6 +231,7 @@ def provider_key_set_active(*, actor: Actor, key: ProviderKey, is_active: bool) 
         key.save(update_fields=["is_active"])
         audit_record(actor=actor, action="provider_key.enable" if is_active else "provider_key.disable", target=key,
                      tenant=key.provider.tenant, changes={"is_active": [not is_active, is_active]})
+        catalog_bump(key.provider.tenant_id)
     return key
 
 
@@ -252,6 +257,7 @@ def provider_key_delete(*, actor: Actor, key: ProviderKey) -> None:
     key.delete()
     key.pk = pk
     audit_record(actor=actor, action="provider_key.delete", target=key, tenant=provider.tenant, changes=view)
+    catalog_bump(provider.tenant_id)
 
 
 def provider_active_key(provider: Provider) -> ProviderKey | None:
@@ -344,6 +350,7 @@ def model_create(*, actor: Actor, provider: Provider, model_id: str, model_confi
     _save_unique(model, f"Provider '{provider.name}' already has a model '{model_id}'.")
     audit_record(actor=actor, action="model.create", target=model, tenant=provider.tenant,
                  changes={"provider": provider.public_id, "after": _audit_model(model)})
+    catalog_bump(provider.tenant_id)
     return model
 
 
@@ -365,6 +372,7 @@ def model_update(*, actor: Actor, model: AIModel, model_config=..., **fields) ->
     changes = {k: [before[k], after[k]] for k in after if before[k] != after[k]}
     if changes:
         audit_record(actor=actor, action="model.update", target=model, tenant=model.provider.tenant, changes=changes)
+        catalog_bump(model.provider.tenant_id)
     return model
 
 
@@ -374,6 +382,7 @@ def model_delete(*, actor: Actor, model: AIModel) -> None:
     model.delete()
     model.pk = pk
     audit_record(actor=actor, action="model.delete", target=model, tenant=tenant, changes={"before": view})
+    catalog_bump(model.provider.tenant_id)
 
 
 @transaction.atomic
@@ -387,6 +396,7 @@ def model_set_tenant_enabled(*, actor: Actor, model: AIModel, tenant: Tenant, en
     if created:
         audit_record(actor=actor, action="model.enable" if enabled else "model.disable", target=model,
                      tenant=tenant, changes={"tenant": tenant.slug})
+        catalog_bump(tenant)  # only this tenant's usable models change
 
 
 # --- ACL grants (django-guardian) ----------------------------------------------------------------------
@@ -404,6 +414,9 @@ def _grantee_tenant_check(obj_tenant_id, grantee):
     elif not TenantMembership.objects.filter(user=grantee, tenant_id=obj_tenant_id).exists():
         raise ValidationError(f"User '{grantee}' is not a member of the object's tenant.")
 
+
+# ACL grants change what users see in admin and REST, never what the gateway routes: a tenant API key acts as its
+# tenant (providers.selectors.model_visible_q, tenant branch), which user grants do not enter. So no catalog_bump.
 
 @transaction.atomic
 def acl_grant(*, actor: Actor, obj: Provider | AIModel, grantee, role: str) -> None:

@@ -109,6 +109,22 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             created = services.tenant_create(actor=actor, name=obj.name, slug=obj.slug, is_active=obj.is_active)
             obj.pk = created.pk
 
+    def get_deleted_objects(self, objs, request):
+        """A tenant's API keys and usage records go with it, although nobody deletes them one by one here
+        (keys are revoked, usage is append-only): their admins' "no delete" must not block the tenant's."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        by_design = {str(model._meta.verbose_name) for model, model_admin in self.admin_site._registry.items()
+                     if isinstance(model_admin, (ReadOnlyAdminMixin, TenantApiKeyAdmin))}
+        return deleted, counts, perms_needed - by_design, protected
+
+    def delete_model(self, request, obj):
+        services.tenant_delete(actor=Actor.from_request(request, source="admin"), tenant=obj)
+
+    def delete_queryset(self, request, queryset):
+        actor = Actor.from_request(request, source="admin")
+        for tenant in queryset:
+            services.tenant_delete(actor=actor, tenant=tenant)
+
     def save_formset(self, request, form, formset, change):
         if formset.model is not TenantMembership:
             return super().save_formset(request, form, formset, change)

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from .actors import Actor
 from .models import Tenant, TenantApiKey
-from .services import audit_record
+from .services import audit_record, catalog_bump
 
 KEY_PREFIX = "eneo_"
 
@@ -39,6 +39,7 @@ def api_key_create(*, actor: Actor, tenant: Tenant, name: str, scopes: list[str]
     key.save()
     audit_record(actor=actor, action="api_key.create", target=key, tenant=tenant,
                  changes={"name": name, "scopes": list(scopes), "prefix": prefix})
+    catalog_bump(tenant)
     return CreatedApiKey(api_key=key, plaintext=f"{KEY_PREFIX}{prefix}_{secret}")
 
 
@@ -48,6 +49,7 @@ def api_key_revoke(*, actor: Actor, api_key: TenantApiKey) -> TenantApiKey:
     api_key.save(update_fields=["is_active"])
     audit_record(actor=actor, action="api_key.revoke", target=api_key, tenant=api_key.tenant,
                  changes={"is_active": [True, False]})
+    catalog_bump(api_key.tenant_id)
     return api_key
 
 

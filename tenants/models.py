@@ -101,3 +101,40 @@ class TenantApiKey(models.Model):
 
     def has_scope(self, scope: str) -> bool:
         return "*" in self.scopes or scope in self.scopes
+
+
+class CatalogVersion(models.Model):
+    """The gateway catalog's version: one row (pk 1), raised by every write that changes routing or authentication.
+
+    Raising it locks the row until the bump's own small transaction commits, so versions become visible in order:
+    a worker that reads version N has every change up to N (a sequence would not promise that). `epoch` changes
+    when the row is created again (database restored or flushed): workers then reload everything.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    version = models.BigIntegerField(default=0)
+    epoch = models.UUIDField(default=uuid.uuid4)
+
+    def __str__(self):
+        return f"catalog version {self.version}"
+
+
+class CatalogChange(models.Model):
+    """What one catalog version changed: a tenant's data (keys, credentials, own providers and models, enablements),
+    instance-level routing (tenant empty), or only a provider's health (the preferred order of candidates).
+    Written by tenants.services.catalog_bump on commit; read by every gateway worker's catalog."""
+
+    class Kind(models.TextChoices):
+        DATA = "data", "Keys, tenants, credentials, providers or models"
+        HEALTH = "health", "Provider health (candidate order)"
+
+    version = models.BigIntegerField(db_index=True)
+    tenant_id = models.UUIDField(null=True, blank=True, help_text="Empty = an instance-level change.")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.DATA)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["version", "id"]
+
+    def __str__(self):
+        return f"catalog v{self.version}: {self.kind} {self.tenant_id or 'instance'}"

@@ -187,6 +187,7 @@ class LiveGateway:
         from asgiref.sync import sync_to_async
         from django.db import connections
 
+        self.gw.catalog.close()  # its threads close their database connections
         try:
             self.run_async(lambda: sync_to_async(connections.close_all, thread_sensitive=True)())
         except Exception:  # noqa: BLE001
@@ -344,11 +345,14 @@ def point_celery_at(url, eager, transport_options):
     """Switch the test process's Celery app to another broker; returns the previous settings."""
     from eneo_site.celery import app
 
+    from kombu import pools
+
     previous = (app.conf.broker_url, app.conf.task_always_eager, app.conf.broker_transport_options)
     if app._pool is not None:
         app._pool.force_close_all()
     app._pool = None
     app.amqp._producer_pool = None
+    pools.reset()  # kombu's registry would otherwise hand back the pool just closed (same broker): "closed pool"
     app.conf.broker_url, app.conf.task_always_eager = url, eager
     app.conf.broker_transport_options = transport_options
     return previous

@@ -114,12 +114,21 @@ def test_beat_runs_scheduled_health_checks(worker, upstream):
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
     PeriodicTask.objects.update(enabled=False)
     PeriodicTask.objects.create(name="test health", task="providers.tasks.health_checks_run", interval=every_second)
-    worker.start("beat", "-S", "django_celery_beat.schedulers:DatabaseScheduler", "--max-interval", "1",
-                 "--pidfile", "")
-    wait_for(lambda: Provider.objects.get(pk=p.pk).health_checked_at is not None, timeout=40)
-    assert Provider.objects.get(pk=p.pk).health_status == "healthy"
-    wait_for(lambda: Provider.objects.get(pk=dead.pk).health_status == "down", timeout=40)  # 2 failures in a row
-    assert ProviderCheck.objects.filter(provider=p, kind="health").exists()
+    beat = worker.start("beat", "-S", "django_celery_beat.schedulers:DatabaseScheduler", "--max-interval", "1",
+                        "--pidfile", "")
+    try:
+        wait_for(lambda: Provider.objects.get(pk=p.pk).health_checked_at is not None, timeout=40)
+        assert Provider.objects.get(pk=p.pk).health_status == "healthy"
+        wait_for(lambda: Provider.objects.get(pk=dead.pk).health_status == "down", timeout=40)  # 2 failures in a row
+        assert ProviderCheck.objects.filter(provider=p, kind="health").exists()
+    finally:  # this beat must not go on scheduling health checks into later tests
+        from eneo_site.celery import app
+
+        beat.terminate()
+        beat.wait(10)
+        worker.procs.remove(beat)
+        app.control.purge()
+        time.sleep(2)  # batches already taken by the worker finish (probes time out after 1.5 s)
 
 
 def test_one_dead_or_slow_provider_does_not_delay_the_others(db, upstream, settings):

@@ -14,7 +14,7 @@ from tenants.auth import tenant_key_auth
 from tenants.schemas import ErrorOut
 
 from providers import selectors
-from providers.api.providers import Scope, _caller, _model, _provider
+from providers.api.providers import Scope, api_caller, model_for, provider_for
 from providers.checks.jobs import check_expire_stale, check_start
 from providers.models import ProviderCheck
 
@@ -59,8 +59,8 @@ def _tenant_for(caller):
 @router.post("/{provider_id}/test", response={202: TaskOut, **ERRORS})
 def test_provider(request, provider_id: str):
     """Queue a connectivity test (a 1-token call with the caller tenant's credential resolution)."""
-    caller = _caller(request, Scope.UPDATE)
-    provider = _provider(caller, provider_id, action="change")
+    caller = api_caller(request, Scope.UPDATE)
+    provider = provider_for(caller, provider_id, action="change")
     return Status(202, check_start(kind=ProviderCheck.Kind.TEST, provider=provider, tenant=_tenant_for(caller),
                                    actor=caller.actor))
 
@@ -68,16 +68,16 @@ def test_provider(request, provider_id: str):
 @router.post("/{provider_id}/discover", response={202: TaskOut, **ERRORS})
 def discover_models(request, provider_id: str):
     """Queue model discovery: new models are added as inactive, vanished ones marked, nothing deleted."""
-    caller = _caller(request, Scope.UPDATE)
-    provider = _provider(caller, provider_id, action="change")
+    caller = api_caller(request, Scope.UPDATE)
+    provider = provider_for(caller, provider_id, action="change")
     return Status(202, check_start(kind=ProviderCheck.Kind.DISCOVER, provider=provider, actor=caller.actor))
 
 
 @router.post("/{provider_id}/models/{model_pk}/validate", response={202: TaskOut, **ERRORS})
 def validate_model(request, provider_id: str, model_pk: int):
     """Queue a validation of one model (a tiny completion, or an embedding of "test")."""
-    caller = _caller(request, Scope.UPDATE)
-    model = _model(caller, provider_id, model_pk, action="change")
+    caller = api_caller(request, Scope.UPDATE)
+    model = model_for(caller, provider_id, model_pk, action="change")
     return Status(202, check_start(kind=ProviderCheck.Kind.VALIDATE, provider=model.provider, model=model,
                                    tenant=_tenant_for(caller), actor=caller.actor))
 
@@ -86,7 +86,7 @@ def validate_model(request, provider_id: str, model_pk: int):
 def get_task(request, task_id: str):
     """State and outcome of a queued check. Unknown, or about a provider you cannot see: 404. A check still queued
     or running after CHECK_STALE_SECONDS is reported done and failed (its worker stopped)."""
-    caller = _caller(request, Scope.GET)
+    caller = api_caller(request, Scope.GET)
     check = selectors.check_get(principal=caller.principal, task_id=task_id)
     check_expire_stale(checks=[check])
     return check

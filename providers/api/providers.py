@@ -59,7 +59,7 @@ class Caller:
     api_key: TenantApiKey | None  # None = the sysadmin (super API key)
 
 
-def _caller(request: HttpRequest, scope: Scope) -> Caller:
+def api_caller(request: HttpRequest, scope: Scope) -> Caller:
     """The caller, if its key holds `scope` (else 403)."""
     auth = request.auth
     if isinstance(auth, Actor) and auth.is_sysadmin:
@@ -89,13 +89,13 @@ def _provider_out(caller: Caller, provider: Provider) -> Provider:
     return selectors.provider_search(principal=caller.principal).get(pk=provider.pk)
 
 
-def _provider(caller: Caller, provider_id: str, action: str = "view") -> Provider:
+def provider_for(caller: Caller, provider_id: str, action: str = "view") -> Provider:
     return selectors.provider_get(principal=caller.principal, public_id=provider_id, action=action)
 
 
-def _model(caller: Caller, provider_id: str, model_pk: int, action: str = "view") -> AIModel:
+def model_for(caller: Caller, provider_id: str, model_pk: int, action: str = "view") -> AIModel:
     """A model of a provider the caller may see (404 otherwise), if `action` is allowed on it (403 otherwise)."""
-    return selectors.model_get(principal=caller.principal, provider=_provider(caller, provider_id), pk=model_pk,
+    return selectors.model_get(principal=caller.principal, provider=provider_for(caller, provider_id), pk=model_pk,
                                action=action)
 
 
@@ -140,7 +140,7 @@ def list_providers(request, filters: Query[ProviderFilters]):
     A tenant key sees its tenant's providers, instance-wide ones and instance-level providers with a model
     enabled for its tenant.
     """
-    caller = _caller(request, Scope.LIST)
+    caller = api_caller(request, Scope.LIST)
     provider_type = None
     if filters.provider_type:
         try:
@@ -159,7 +159,7 @@ def create_provider(request, payload: ProviderIn):
     Scope: aiProviders:CreateAiProvider. A tenant key creates in its own tenant, owned by the key's creator;
     the sysadmin may set `tenant_id` (null = instance level) and `instance_wide`. 409 on a duplicate name.
     """
-    caller = _caller(request, Scope.CREATE)
+    caller = api_caller(request, Scope.CREATE)
     data = payload.model_dump(exclude={"tenant_id", "models"})
     models = [_model_fields(m) for m in payload.models]
     if caller.api_key is None:
@@ -180,8 +180,8 @@ def create_provider(request, payload: ProviderIn):
 @router.get("/{provider_id}", response={200: ProviderOut, **ERRORS})
 def get_provider(request, provider_id: str):
     """One provider by its public id (aip_...). Scope: aiProviders:GetAiProvider."""
-    caller = _caller(request, Scope.GET)
-    return _provider_out(caller, _provider(caller, provider_id))
+    caller = api_caller(request, Scope.GET)
+    return _provider_out(caller, provider_for(caller, provider_id))
 
 
 @router.patch("/{provider_id}", response={200: ProviderOut, **WRITE_ERRORS})
@@ -190,8 +190,8 @@ def update_provider(request, provider_id: str, payload: ProviderPatch):
 
     Scope: aiProviders:UpdateAiProvider. 403 when the caller may see the provider but not change it.
     """
-    caller = _caller(request, Scope.UPDATE)
-    provider = _provider(caller, provider_id, "change")
+    caller = api_caller(request, Scope.UPDATE)
+    provider = provider_for(caller, provider_id, "change")
     fields = _blank_nulls(payload.model_dump(exclude_unset=True), "base_url", "api_version")
     services.provider_update(actor=caller.actor, provider=provider, **fields)
     return _provider_out(caller, provider)
@@ -203,8 +203,8 @@ def delete_provider(request, provider_id: str, force: bool = False):
 
     Without force, a provider that still has models is a 409 that says how many.
     """
-    caller = _caller(request, Scope.DELETE)
-    services.provider_delete(actor=caller.actor, provider=_provider(caller, provider_id, "delete"), force=force)
+    caller = api_caller(request, Scope.DELETE)
+    services.provider_delete(actor=caller.actor, provider=provider_for(caller, provider_id, "delete"), force=force)
     return Status(204, None)
 
 
@@ -214,8 +214,8 @@ def delete_provider(request, provider_id: str, force: bool = False):
 @paginate(Pagination)
 def list_models(request, provider_id: str):
     """The provider's models the caller may see. Scope: aiProviders:GetAiProvider."""
-    caller = _caller(request, Scope.GET)
-    return selectors.model_list(principal=caller.principal, provider=_provider(caller, provider_id))
+    caller = api_caller(request, Scope.GET)
+    return selectors.model_list(principal=caller.principal, provider=provider_for(caller, provider_id))
 
 
 @router.post("/{provider_id}/models", response={201: ModelOut, **WRITE_ERRORS})
@@ -224,8 +224,8 @@ def create_model(request, provider_id: str, payload: ModelIn):
 
     Scope: aiProviders:UpdateAiProvider. 409 when the provider already has this model_id.
     """
-    caller = _caller(request, Scope.UPDATE)
-    provider = _provider(caller, provider_id, "change")
+    caller = api_caller(request, Scope.UPDATE)
+    provider = provider_for(caller, provider_id, "change")
     model = services.model_create(actor=caller.actor, provider=provider, **_model_fields(payload))
     return Status(201, model)
 
@@ -233,8 +233,8 @@ def create_model(request, provider_id: str, payload: ModelIn):
 @router.get("/{provider_id}/models/{model_pk}", response={200: ModelOut, **ERRORS})
 def get_model(request, provider_id: str, model_pk: int):
     """One model of the provider. Scope: aiProviders:GetAiProvider."""
-    caller = _caller(request, Scope.GET)
-    return _model(caller, provider_id, model_pk)
+    caller = api_caller(request, Scope.GET)
+    return model_for(caller, provider_id, model_pk)
 
 
 @router.patch("/{provider_id}/models/{model_pk}", response={200: ModelOut, **WRITE_ERRORS})
@@ -243,23 +243,23 @@ def update_model(request, provider_id: str, model_pk: int, payload: ModelPatch):
 
     Scope: aiProviders:UpdateAiProvider.
     """
-    caller = _caller(request, Scope.UPDATE)
-    model = _model(caller, provider_id, model_pk, "change")
+    caller = api_caller(request, Scope.UPDATE)
+    model = model_for(caller, provider_id, model_pk, "change")
     return services.model_update(actor=caller.actor, model=model, **_model_fields(payload))
 
 
 @router.delete("/{provider_id}/models/{model_pk}", response=NO_CONTENT)
 def delete_model(request, provider_id: str, model_pk: int):
     """Delete a model. Scope: aiProviders:UpdateAiProvider."""
-    caller = _caller(request, Scope.UPDATE)
-    model = _model(caller, provider_id, model_pk, "change")
+    caller = api_caller(request, Scope.UPDATE)
+    model = model_for(caller, provider_id, model_pk, "change")
     services.model_delete(actor=caller.actor, model=model)
     return Status(204, None)
 
 
 def _set_enablement(request, provider_id: str, model_pk: int, tenant_id: UUID, *, enabled: bool) -> dict:
-    caller = _caller(request, Scope.UPDATE)
-    model = _model(caller, provider_id, model_pk)  # invisible to the caller: 404 before anything else
+    caller = api_caller(request, Scope.UPDATE)
+    model = model_for(caller, provider_id, model_pk)  # invisible to the caller: 404 before anything else
     if caller.api_key is not None:
         raise Forbidden("Only the sysadmin (super API key) enables instance-level models for tenants.")
     tenant = tenant_get(tenant_id=tenant_id)
@@ -290,8 +290,8 @@ def disable_model_for_tenant(request, provider_id: str, model_pk: int, tenant_id
 @paginate(Pagination)
 def list_keys(request, provider_id: str):
     """The provider's API keys, masked ('...abcd'); active and newest first. Scope: aiProviders:GetAiProvider."""
-    caller = _caller(request, Scope.GET)
-    return selectors.provider_key_list(provider=_provider(caller, provider_id))
+    caller = api_caller(request, Scope.GET)
+    return selectors.provider_key_list(provider=provider_for(caller, provider_id))
 
 
 @router.post("/{provider_id}/keys", response={201: KeyOut, **WRITE_ERRORS})
@@ -300,23 +300,23 @@ def add_key(request, provider_id: str, payload: KeyIn):
 
     To rotate without downtime: add the new key, check it works, then disable the old one (PATCH is_active).
     """
-    caller = _caller(request, Scope.UPDATE)
-    provider = _provider(caller, provider_id, "change")
+    caller = api_caller(request, Scope.UPDATE)
+    provider = provider_for(caller, provider_id, "change")
     return Status(201, services.provider_key_add(actor=caller.actor, provider=provider, **payload.model_dump()))
 
 
 @router.patch("/{provider_id}/keys/{key_id}", response={200: KeyOut, **WRITE_ERRORS})
 def update_key(request, provider_id: str, key_id: int, payload: KeyPatch):
     """Relabel a key or enable/disable it. Scope: aiProviders:UpdateAiProvider."""
-    caller = _caller(request, Scope.UPDATE)
-    key = selectors.provider_key_get(provider=_provider(caller, provider_id, "change"), key_id=key_id)
+    caller = api_caller(request, Scope.UPDATE)
+    key = selectors.provider_key_get(provider=provider_for(caller, provider_id, "change"), key_id=key_id)
     return services.provider_key_update(actor=caller.actor, key=key, **payload.model_dump())
 
 
 @router.delete("/{provider_id}/keys/{key_id}", response=NO_CONTENT)
 def delete_key(request, provider_id: str, key_id: int):
     """Delete a key for good. Scope: aiProviders:UpdateAiProvider."""
-    caller = _caller(request, Scope.UPDATE)
-    key = selectors.provider_key_get(provider=_provider(caller, provider_id, "change"), key_id=key_id)
+    caller = api_caller(request, Scope.UPDATE)
+    key = selectors.provider_key_get(provider=provider_for(caller, provider_id, "change"), key_id=key_id)
     services.provider_key_delete(actor=caller.actor, key=key)
     return Status(204, None)

@@ -3,12 +3,13 @@
 A tenant API key with the scope usage:ReadUsage reads its own tenant's usage; the super key reads every
 tenant's (optionally one, with tenant_id). Records never hold a key or a prompt.
 """
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Optional
 from uuid import UUID
 
 from ninja import Field, FilterSchema, Query, Router, Schema
+from pydantic import field_validator
 from ninja.pagination import paginate
 
 from tenants.auth import tenant_key_auth
@@ -16,7 +17,7 @@ from tenants.pagination import Pagination
 from tenants.schemas import ErrorOut, NoNulIn
 
 from providers import selectors
-from providers.api.providers import Scope, _caller
+from providers.api.providers import Scope, api_caller
 
 router = Router(tags=["usage"], auth=tenant_key_auth)
 
@@ -27,9 +28,20 @@ class UsageFilters(FilterSchema, NoNulIn):
     until: Optional[datetime] = Field(None, description="Up to this time (exclusive).")
     model: Optional[str] = Field(None, description="Requested name, model id or alias.", max_length=200)
     provider_id: Optional[str] = Field(None, description="A provider's public id (aip_...).", max_length=40)
-    status: Optional[str] = Field(None, description="ok or error.", pattern="^(ok|error)$")
+    status: Optional[str] = Field(None, description="ok, error, client_closed or refused.", pattern="^(ok|error|client_closed|refused)$")
     streamed: Optional[bool] = None
     api_key_prefix: Optional[str] = Field(None, description="Only calls made with this API key.", max_length=16)
+
+    @field_validator("since", "until")
+    @classmethod
+    def _utc(cls, value: Optional[datetime]) -> Optional[datetime]:
+        """Any offset ISO 8601 allows (up to +-23:59; PostgreSQL takes +-15:59), as the same instant in UTC."""
+        if value is None:
+            return None
+        try:
+            return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValueError("Out of range once converted to UTC.") from None
 
 
 class UsageOut(Schema):
@@ -74,7 +86,7 @@ class UsageTotalOut(Schema):
 
 
 def _records(request, filters: UsageFilters):
-    caller = _caller(request, Scope.USAGE)
+    caller = api_caller(request, Scope.USAGE)
     data = filters.model_dump()
     if not caller.principal.is_sysadmin:
         data["tenant_id"] = None

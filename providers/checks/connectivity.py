@@ -15,6 +15,8 @@ from django.utils import timezone
 from credentials.egress import egress_denied, egress_scope
 from credentials.masking import secret_scope
 from credentials.resolution import CredentialError, ResolvedCredential
+from tenants.models import CatalogChange
+from tenants.services import catalog_bump
 
 from providers.choices import HealthStatus, ModelStatus, ModelType
 from providers.models import AIModel, Provider, ProviderCheck
@@ -115,6 +117,8 @@ def _record(provider: Provider, kind: str, outcome: CheckOutcome, *, model=None,
             health_status=outcome.status, health_checked_at=now, health_latency_ms=outcome.latency_ms,
             health_error="" if outcome.ok else outcome.message[:500],
         )
+        if outcome.status != provider.health_status:  # the gateway prefers healthy candidates: tell its catalog
+            catalog_bump(provider.tenant_id, kind=CatalogChange.Kind.HEALTH)
     return check
 
 

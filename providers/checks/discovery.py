@@ -33,7 +33,7 @@ def models_url(provider_type: str, base_url: str) -> str:
     return base + "/models"
 
 
-def _headers(provider_type: str, api_key: str) -> dict:
+def list_headers(provider_type: str, api_key: str) -> dict:
     if provider_type == "anthropic":
         return {"x-api-key": api_key, "anthropic-version": "2023-06-01"}
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -64,7 +64,7 @@ def discover_model_ids(*, provider_type: str, base_url: str, api_key: str = "", 
     with secret_scope(api_key), egress_scope(tenant_controlled=tenant_controlled):
         try:
             with sync_client(timeout=timeout) as client:
-                response = client.get(url, headers=_headers(provider_type, api_key))
+                response = client.get(url, headers=list_headers(provider_type, api_key))
         except EgressDenied as exc:
             return failed(str(exc))
         except httpx.TimeoutException:

@@ -22,10 +22,12 @@ from django.utils import timezone
 from credentials.egress import EgressDenied, async_client, egress_scope
 from credentials.masking import mask_text, secret_scope
 from credentials.resolution import CredentialError, ResolvedCredential
+from tenants.models import CatalogChange
+from tenants.services import catalog_bump
 
 from providers.choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
 from providers.checks.connectivity import classify_error
-from providers.checks.discovery import _headers, models_url
+from providers.checks.discovery import list_headers, models_url
 from providers.models import AIModel, Provider, ProviderCheck
 from providers.provider_types import get_spec, litellm_model_name
 
@@ -70,7 +72,7 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> ProbeResult:
             if probe.model is None:
                 base = cred.api_base or provider.base_url or get_spec(provider.provider_type).default_base_url
                 response = await client.get(models_url(provider.provider_type, base),
-                                            headers=_headers(provider.provider_type, cred.api_key or ""))
+                                            headers=list_headers(provider.provider_type, cred.api_key or ""))
                 latency = int((time.monotonic() - started) * 1000)
                 if response.status_code in (401, 403):
                     return ProbeResult(False, HealthStatus.DOWN, "Invalid API key", latency)
@@ -149,6 +151,8 @@ def health_check_providers(provider_ids: list[int]) -> dict:
         for provider, result in zip(providers, results):
             status = _next_status(provider.health_status, result)
             counts[status] = counts.get(status, 0) + 1
+            if status != provider.health_status:  # the gateway prefers healthy candidates: tell its catalog
+                catalog_bump(provider.tenant_id, kind=CatalogChange.Kind.HEALTH)
             provider.health_status, provider.health_checked_at = status, now
             provider.health_latency_ms = result.latency_ms
             provider.health_error = "" if result.ok else result.message[:500]

@@ -179,8 +179,7 @@ async def authenticate(request) -> Caller:
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("api-key", "")
     gateway = request_gateway(request)
-    snapshot = await gateway.catalog.get()
-    key = snapshot.authenticate(token)
+    snapshot, key = await gateway.catalog.authenticate(token)  # fresh for the key's tenant (catalog.py)
     if key is None:
         if token:
             await auth_throttle.arecord_failure(address)

@@ -15,10 +15,12 @@ headers.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from decimal import Decimal
 
 from django.conf import settings
@@ -31,13 +33,25 @@ from credentials.resolution import CredentialError, CredentialMissing, Credentia
 from tenants.models import Tenant, TenantApiKey
 
 from providers.gateway.breaker import provider_fault
+from providers.gateway.limits import Denied
 from providers.gateway.catalog import Snapshot, qualified_name, split_prefix
 from providers.choices import ModelType
 from providers.gateway.request_schema import NOT_FORWARDED, RequestInvalid, validate_request
 from providers.models import AIModel
 from providers.provider_types import litellm_model_name
 from providers.services import model_settings, provider_credential
-from providers.gateway.usage import cost_of
+from providers.gateway.usage import (
+    CLIENT_CLOSED,
+    CLIENT_CLOSED_HTTP_STATUS,
+    ERROR,
+    OK,
+    REFUSED,
+    cost_of,
+    estimate_tokens,
+)
+
+if TYPE_CHECKING:
+    from providers.gateway.core import Gateway
 
 log = logging.getLogger("eneo.gateway")
 
@@ -58,7 +72,7 @@ class Caller:
     tenant: Tenant
     api_key: TenantApiKey
     snapshot: Snapshot
-    gateway: "Gateway"  # noqa: F821 - providers.gateway.core.Gateway: catalog, limiter, breaker, usage
+    gateway: Gateway  # this process's catalog, limiter, breaker and usage writer
 
 
 def _available(models: list[AIModel], limit: int = 20) -> str:
@@ -178,16 +192,71 @@ async def _check_budget(caller: Caller):
                            type_="insufficient_quota", code="budget_exceeded")
 
 
-def _usage(caller: Caller, model: AIModel | None, requested: str, endpoint: str, started: float, *, status="ok",
+def _usage(caller: Caller, model: AIModel | None, requested: str, endpoint: str, started: float, *, status=OK,
            http_status=200, error_type="", tokens_in=0, tokens_out=0, reported_cost=None, streamed=False,
-           ttft_ms=None):
+           ttft_ms=None, estimated=False):
+    """One usage record into the batched writer. Tokens the upstream processed cost the same whatever the status
+    (a stream cut short, a client gone): the provider bills them."""
+    tokens_in, tokens_out = tokens_in or 0, tokens_out or 0
     caller.gateway.usage.record((
         caller.tenant.pk, caller.api_key.pk, model.provider_id if model else None, model.pk if model else None,
-        str(requested)[:200], endpoint, tokens_in or 0, tokens_out or 0,
-        cost_of(model, tokens_in or 0, tokens_out or 0, reported_cost) if status == "ok" else Decimal(0),
+        str(requested)[:200], endpoint, tokens_in, tokens_out,
+        cost_of(model, tokens_in, tokens_out, reported_cost) if model is not None else Decimal(0),
         int((time.monotonic() - started) * 1000), ttft_ms, status, http_status, error_type[:60], streamed,
-        timezone.now(),
+        timezone.now(), estimated,
     ))
+
+
+class _Ledger:
+    """The usage record of one call in the making: every call that reached an upstream, or was refused for a known
+    tenant, writes exactly one (statuses: providers.gateway.usage)."""
+
+    __slots__ = ("caller", "requested", "endpoint", "streamed", "started", "tried", "closed")
+
+    def __init__(self, caller: Caller, requested, endpoint: str, *, streamed: bool = False):
+        self.caller, self.requested, self.endpoint, self.streamed = caller, requested, endpoint, streamed
+        self.started = time.monotonic()
+        self.tried: list[AIModel] = []  # the models whose upstream was called, in order
+        self.closed = False  # the client went away before its answer was sent
+
+    def write(self, model: AIModel | None, **fields):
+        _usage(self.caller, model, self.requested, self.endpoint, self.started, streamed=self.streamed, **fields)
+
+    def failed(self, error: GatewayError):
+        """An error answer: `error` when an upstream was called (the last one tried), else `refused`."""
+        self.write(self.tried[-1] if self.tried else None, status=ERROR if self.tried else REFUSED,
+                   http_status=error.status, error_type=error.code or error.type)
+
+    def answered(self, model: AIModel, usage: dict):
+        """A non-streamed answer, with the provider's usage; `client_closed` if nobody was there to get it."""
+        closed = self.closed
+        self.write(model, status=CLIENT_CLOSED if closed else OK,
+                   http_status=CLIENT_CLOSED_HTTP_STATUS if closed else 200,
+                   tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"))
+
+
+_orphans: set[asyncio.Task] = set()  # upstream calls whose client went away: kept alive until they are recorded
+
+
+def _orphan_done(task: asyncio.Task):
+    _orphans.discard(task)
+    if not task.cancelled() and not isinstance(task.exception(), (GatewayError, type(None))):
+        log.warning("gateway: a call whose client went away failed: %r", task.exception())
+
+
+async def _even_if_closed(ledger: _Ledger, work):
+    """Await `work` (a non-streamed upstream call and its record) so that it ends even if the client goes away.
+    The /v1 lane then cancels the request's task, but the provider bills the call all the same: `work` runs on
+    in a task of its own and records the tokens the provider reports, as `client_closed`."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        ledger.closed = True
+        if not task.done():
+            _orphans.add(task)
+            task.add_done_callback(_orphan_done)
+        raise
 
 
 def _breaker_key(caller: Caller, model: AIModel, cred) -> tuple:
@@ -196,8 +265,10 @@ def _breaker_key(caller: Caller, model: AIModel, cred) -> tuple:
     return (model.provider_id, caller.tenant.pk if cred.source == "tenant" else None)
 
 
-async def _attempts(caller: Caller, candidates: list[AIModel], call):
-    """Try candidates in order; `call(model, params)` does the upstream call. Returns (model, result)."""
+async def _attempts(caller: Caller, candidates: list[AIModel], call, *, hold: bool = False):
+    """Try candidates in order; `call(model, params)` does the upstream call. Returns (model, result, lease): the
+    provider's concurrency slot is released when this returns, raises or is cancelled, unless `hold` (a stream):
+    then the caller owns the lease and releases it when the stream ends."""
     first_error: GatewayError | None = None
     for model in candidates:
         try:
@@ -212,11 +283,11 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call):
                      f"up to {settings.GATEWAY_BREAKER_SECONDS:g} s.", type_="api_error", code="provider_paused",
                 retry_after=int(settings.GATEWAY_BREAKER_SECONDS))
             continue
-        denied = await caller.gateway.limiter.acquire(model.provider)
-        if denied is not None:
-            first_error = first_error or GatewayError(429, f"Too many requests: {denied.reason}.",
+        lease = await caller.gateway.limiter.acquire(model.provider)
+        if isinstance(lease, Denied):
+            first_error = first_error or GatewayError(429, f"Too many requests: {lease.reason}.",
                                                       type_="rate_limit_error", code="rate_limited",
-                                                      retry_after=denied.retry_after)
+                                                      retry_after=lease.retry_after)
             continue
         try:
             params = _call_params(model, cred)
@@ -224,7 +295,10 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call):
                 try:
                     result = await call(model, params)
                     caller.gateway.breaker.success(breaker_key)
-                    return model, result
+                    if hold:
+                        held, lease = lease, None
+                        return model, result, held
+                    return model, result, None
                 except GatewayError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped, masked, maybe failed over
@@ -237,7 +311,8 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call):
                         raise error from None
                     first_error = first_error or error
         finally:
-            await caller.gateway.limiter.release(model.provider)
+            if lease is not None:
+                await lease.release()
     raise first_error or GatewayError(502, "No provider could serve the request.", type_="api_error")
 
 
@@ -263,21 +338,26 @@ async def chat_completion(caller: Caller, body: dict, raw: bytes | None = None):
     body as received, if at hand."""
     from providers.llm import litellm
 
-    started = time.monotonic()
-    _validated("chat.completions", body, raw)
-    requested = body.get("model")
-    candidates = await resolve_models(caller, requested, model_type=ModelType.INFERENCE)
-    await _check_budget(caller)
     stream = bool(body.get("stream"))
-    call_body = _forwarded(body)
-    if not call_body.get("messages"):
-        raise GatewayError(400, "'messages' must be a non-empty list.", type_="invalid_request_error",
-                           param="messages")
+    ledger = _Ledger(caller, body.get("model"), "chat.completions", streamed=stream)
+    requested = ledger.requested
+    try:
+        _validated("chat.completions", body, raw)
+        candidates = await resolve_models(caller, requested, model_type=ModelType.INFERENCE)
+        await _check_budget(caller)
+        call_body = _forwarded(body)
+        if not call_body.get("messages"):
+            raise GatewayError(400, "'messages' must be a non-empty list.", type_="invalid_request_error",
+                               param="messages")
+    except GatewayError as error:
+        ledger.failed(error)  # refused
+        raise
     wants_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else True
     if stream:
         call_body["stream_options"] = {"include_usage": True}
 
     async def call(model, params):
+        ledger.tried.append(model)
         response = await litellm.acompletion(**call_body, **params)
         if not stream:
             return response
@@ -285,35 +365,79 @@ async def chat_completion(caller: Caller, body: dict, raw: bytes | None = None):
         first = await iterator.__anext__()  # fail over while nothing was sent yet
         return iterator, first
 
-    try:
-        model, result = await _attempts(caller, candidates, call)
-    except GatewayError as error:
-        _usage(caller, None, requested, "chat.completions", started, status="error", http_status=error.status,
-               error_type=error.code or error.type, streamed=stream)
-        raise
     if not stream:
-        data = result.model_dump(exclude_none=True)
-        data.pop("_hidden_params", None)
-        usage = data.get("usage") or {}
-        usage.pop("cost", None)  # LiteLLM's estimate; our cost comes from the model's prices
-        _usage(caller, model, requested, "chat.completions", started, tokens_in=usage.get("prompt_tokens", 0),
-               tokens_out=usage.get("completion_tokens", 0))
-        await caller.gateway.limiter.add_tokens(model.provider, usage.get("total_tokens") or 0)
-        return data
+        return await _even_if_closed(ledger, _complete(ledger, candidates, call))
+    try:
+        model, result, lease = await _attempts(caller, candidates, call, hold=stream)
+    except GatewayError as error:
+        ledger.failed(error)
+        raise
+    except asyncio.CancelledError:  # the client went away before the stream began: the upstream had the prompt
+        if ledger.tried:
+            model = ledger.tried[-1]
+            ledger.write(model, status=CLIENT_CLOSED, http_status=CLIENT_CLOSED_HTTP_STATUS, estimated=True,
+                         tokens_in=await estimate_tokens(model.model_id, messages=call_body["messages"]))
+        raise
     iterator, first = result
-    return _sse(caller, model, requested, started, iterator, first, wants_usage)
+    return _sse(ledger, model, iterator, first, wants_usage, lease, call_body["messages"])
+
+
+async def _complete(ledger: _Ledger, candidates: list[AIModel], call) -> dict:
+    """A non-streamed answer (chat or embeddings): the upstream call, then its record."""
+    caller = ledger.caller
+    try:
+        model, response, _ = await _attempts(caller, candidates, call)
+    except GatewayError as error:
+        ledger.failed(error)
+        raise
+    data = response.model_dump(exclude_none=True)
+    data.pop("_hidden_params", None)
+    usage = data.get("usage") or {}
+    usage.pop("cost", None)  # LiteLLM's estimate; our cost comes from the model's prices
+    ledger.answered(model, usage)
+    await caller.gateway.limiter.add_tokens(model.provider,
+                                            usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
+    return data
 
 
 def _is_usage_only(data: dict) -> bool:
     return all(not c.get("delta") and not c.get("finish_reason") for c in data.get("choices") or [])
 
 
-async def _sse(caller, model, requested, started, iterator, first, wants_usage):
+def _collect(delta: dict, sent: list):
+    """The generated text of a chunk's delta (content, reasoning, tool calls), for counting it if need be."""
+    for key in ("content", "reasoning_content"):
+        if text := delta.get(key):
+            sent.append(text)
+    for tool_call in delta.get("tool_calls") or ():
+        function = tool_call.get("function") or {}
+        sent.append(f"{function.get('name') or ''}{function.get('arguments') or ''}")
+
+
+async def _close_upstream(iterator):
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # noqa: BLE001 - the connection is dropped either way
+            pass
+
+
+async def _sse(ledger: _Ledger, model, iterator, first, wants_usage, lease, messages):
     """Relay chunks as OpenAI sends them: `data: {chunk}` lines, a usage-only chunk with empty choices when the
-    caller asked for usage, then `data: [DONE]`."""
-    ttft = int((time.monotonic() - started) * 1000)
+    caller asked for usage, then `data: [DONE]`. The provider's concurrency `lease` ends with the stream (done,
+    failed, or the client went away and the generator was closed).
+
+    The record counts what was delivered: the provider's usage chunk, or, when none came (the client went away,
+    the stream broke, the provider sends none), LiteLLM's count of the prompt and of the text sent (estimated).
+    A stream in which nothing came from the upstream (an unreadable body: LiteLLM then yields only its own
+    closing chunks) ends with an error event, recorded as an upstream error."""
+    caller = ledger.caller
+    ttft = int((time.monotonic() - ledger.started) * 1000)
     usage = {}
-    status, error_type, http_status = "ok", "", 200
+    sent: list[str] = []  # the generated text relayed so far (counted only if the provider reports no usage)
+    answered = False  # a chunk carried something from the upstream
+    status, error_type, http_status = OK, "", 200
     try:
         chunk = first
         while True:
@@ -326,52 +450,63 @@ async def _sse(caller, model, requested, started, iterator, first, wants_usage):
                 if wants_usage:
                     yield f"data: {json.dumps({**data, 'choices': [], 'usage': chunk_usage}, separators=(',', ':'))}\n\n".encode()
             else:
+                for choice in data.get("choices") or ():
+                    if delta := choice.get("delta"):
+                        answered = True
+                        _collect(delta, sent)
                 yield f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
             try:
                 chunk = await iterator.__anext__()
             except StopAsyncIteration:
                 break
+        if not answered and not usage:
+            raise GatewayError(502, f"The provider of '{model.alias or model.model_id}' sent an answer that could "
+                                    f"not be read.", type_="api_error", code="upstream_malformed")
         yield b"data: [DONE]\n\n"
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away: the lane cancelled us, or closed us
+        status, http_status = CLIENT_CLOSED, CLIENT_CLOSED_HTTP_STATUS
+        raise
     except Exception as exc:  # noqa: BLE001 - the stream already started: report in-band, masked
-        error, _ = _map_upstream(exc, model)
-        status, error_type, http_status = "error", error.code or "stream_error", error.status
+        error = exc if isinstance(exc, GatewayError) else _map_upstream(exc, model)[0]
+        status, error_type, http_status = ERROR, error.code or "stream_error", error.status
         yield f"data: {json.dumps(error.body())}\n\n".encode()
     finally:
-        _usage(caller, model, requested, "chat.completions", started, status=status, http_status=http_status,
-               error_type=error_type, tokens_in=usage.get("prompt_tokens", 0),
-               tokens_out=usage.get("completion_tokens", 0), streamed=True, ttft_ms=ttft)
+        estimated = not usage and bool(sent or status == CLIENT_CLOSED)
+        if estimated:
+            usage = {"prompt_tokens": await estimate_tokens(model.model_id, messages=messages),
+                     "completion_tokens": await estimate_tokens(model.model_id, text="".join(sent))}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        ledger.write(model, status=status, http_status=http_status, error_type=error_type,
+                     tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"), ttft_ms=ttft,
+                     estimated=estimated)
+        if status == CLIENT_CLOSED:
+            await _close_upstream(iterator)
         await caller.gateway.limiter.add_tokens(model.provider, usage.get("total_tokens") or 0)
+        await lease.release()
 
 
 async def embeddings(caller: Caller, body: dict, raw: bytes | None = None) -> dict:
     from providers.llm import litellm
 
-    started = time.monotonic()
-    _validated("embeddings", body, raw)
-    requested = body.get("model")
-    candidates = await resolve_models(caller, requested, model_type=ModelType.EMBEDDING)
-    await _check_budget(caller)
-    inp = body.get("input")
-    if not (isinstance(inp, str) and inp) and not (isinstance(inp, list) and inp):
-        raise GatewayError(400, "'input' must be a non-empty string or list.", type_="invalid_request_error",
-                           param="input")
+    ledger = _Ledger(caller, body.get("model"), "embeddings")
+    try:
+        _validated("embeddings", body, raw)
+        candidates = await resolve_models(caller, ledger.requested, model_type=ModelType.EMBEDDING)
+        await _check_budget(caller)
+        inp = body.get("input")
+        if not (isinstance(inp, str) and inp) and not (isinstance(inp, list) and inp):
+            raise GatewayError(400, "'input' must be a non-empty string or list.", type_="invalid_request_error",
+                               param="input")
+    except GatewayError as error:
+        ledger.failed(error)  # refused
+        raise
     call_body = _forwarded(body)
 
     async def call(model, params):
+        ledger.tried.append(model)
         return await litellm.aembedding(**call_body, **params)
 
-    try:
-        model, response = await _attempts(caller, candidates, call)
-    except GatewayError as error:
-        _usage(caller, None, requested, "embeddings", started, status="error", http_status=error.status,
-               error_type=error.code or error.type)
-        raise
-    data = response.model_dump(exclude_none=True)
-    data.pop("_hidden_params", None)
-    usage = data.get("usage") or {}
-    _usage(caller, model, requested, "embeddings", started, tokens_in=usage.get("prompt_tokens", 0))
-    await caller.gateway.limiter.add_tokens(model.provider, usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
-    return data
+    return await _even_if_closed(ledger, _complete(ledger, candidates, call))
 
 
 async def models_for(caller: Caller) -> list[dict]:

@@ -1,4 +1,12 @@
-"""Usage records, written without slowing responses: queued in memory and bulk-inserted in the background.
+"""The usage ledger: one record per /v1 call that reached an upstream or was refused for a known tenant, written
+without slowing responses: queued in memory and bulk-inserted in the background.
+
+Statuses (README "Usage ledger"): `ok`; `error` (an upstream was called and failed, or its answer could not be
+read); `client_closed` (the client went away: a stream counts what was delivered, a non-streamed call runs on
+and counts what the provider reports); `refused` (the gateway answered itself: invalid body, model unknown or
+not allowed, no usable credential, provider paused, rate limit, budget). When the provider reported no usage
+(a stream cut short, or a provider that sends none), tokens are counted with LiteLLM's token counter and the
+record is marked `tokens_estimated`.
 
 A writer task per event loop flushes every USAGE_FLUSH_SECONDS (or 500 records). If the process dies, at
 most that window of records is lost; a database error is logged and the batch retried once.
@@ -23,6 +31,9 @@ from tenants.models import TenantApiKey
 from providers.models import UsageRecord
 
 log = logging.getLogger("eneo.gateway.usage")
+
+OK, ERROR, CLIENT_CLOSED, REFUSED = "ok", "error", "client_closed", "refused"
+CLIENT_CLOSED_HTTP_STATUS = 499  # the client closed the connection before its answer ended (nginx's code for it)
 
 
 def month_start(now=None):
@@ -94,7 +105,7 @@ class UsageWriter:
 
 USAGE_COLUMNS = ("tenant_id", "api_key_id", "provider_id", "model_id", "requested_model", "endpoint", "tokens_in",
                  "tokens_out", "cost", "latency_ms", "ttft_ms", "status", "http_status", "error_type", "streamed",
-                 "created_at")
+                 "created_at", "tokens_estimated")
 
 
 def _existing(model, ids: set) -> set:
@@ -139,8 +150,6 @@ def _spend_from_db(tenant_id) -> Decimal:
     return total or Decimal(0)
 
 
-
-
 def cost_of(model, tokens_in: int, tokens_out: int, reported=None) -> Decimal:
     """Provider-reported cost when present, else tokens x price per million / 1,000,000."""
     if reported not in (None, ""):
@@ -155,3 +164,46 @@ def cost_of(model, tokens_in: int, tokens_out: int, reported=None) -> Decimal:
         if model.output_cost_per_million:
             total += Decimal(tokens_out) * model.output_cost_per_million / Decimal(1_000_000)
     return total.quantize(Decimal("0.00000001"))
+
+
+# Token counts without the provider's: only when it reported none (see the module docstring), never on the usual path.
+_THREAD_ABOVE_CHARS = 20_000  # larger inputs are counted in a thread, off the event loop
+
+
+def _counting_model(name: str) -> str:
+    """The model name for LiteLLM's token counter, or "" (its default tiktoken encoding) when the name would make
+    it fetch a HuggingFace tokenizer over the network (Llama, Cohere...): the gateway never waits on that."""
+    from litellm import utils
+
+    kind = getattr(utils, "huggingface_tokenizer_kind", None)
+    return name if kind is not None and kind(name) is None else ""
+
+
+def _count(model_name: str, messages, text: str | None) -> int:
+    from providers.llm import litellm
+
+    try:
+        if messages is not None:  # images count as LiteLLM's default size: their URLs are never fetched
+            return int(litellm.token_counter(model=_counting_model(model_name), messages=messages,
+                                             use_default_image_token_count=True))
+        if text:
+            return int(litellm.token_counter(model=_counting_model(model_name), text=text,
+                                             count_response_tokens=True))
+    except Exception:  # noqa: BLE001 - an estimate never fails a call or loses its record
+        log.warning("usage: could not count the tokens of a %s call", model_name[:100], exc_info=True)
+    return 0
+
+
+def _size(messages) -> int:
+    try:
+        return sum(len(str(m.get("content") or "")) for m in messages)
+    except (AttributeError, TypeError):
+        return 0
+
+
+async def estimate_tokens(model_name: str, *, messages=None, text: str | None = None) -> int:
+    """Tokens of a prompt (`messages`) or of a completion's text, as LiteLLM's token counter sees them."""
+    size = _size(messages) if messages is not None else len(text or "")
+    if size > _THREAD_ABOVE_CHARS:
+        return await asyncio.to_thread(_count, model_name, messages, text)
+    return _count(model_name, messages, text)

@@ -41,6 +41,7 @@ from tests.fake_upstream import FakeUpstream, start_fake_upstream
 ALLOWED_HOSTS = ("127.0.0.1", "127.0.0.2")
 CATALOG_REFRESH_SECONDS = 0.2
 USAGE_FLUSH_SECONDS = 0.1
+LEASE_SECONDS = 2.0
 STARTUP_TIMEOUT = 60.0
 SCHEDULE_CHANGED = "DatabaseScheduler: Schedule changed."
 
@@ -166,6 +167,7 @@ class Topology:
             "CATALOG_REFRESH_SECONDS": str(CATALOG_REFRESH_SECONDS),
             "USAGE_FLUSH_SECONDS": str(USAGE_FLUSH_SECONDS),
             "GATEWAY_TIMEOUT": "5",
+            "GATEWAY_LEASE_SECONDS": str(LEASE_SECONDS),  # a killed worker's concurrency slots come back this fast
             "PROVIDER_TEST_TIMEOUT": "2",
             "PROVIDER_DISCOVERY_TIMEOUT": "2",
             "HEALTH_CHECK_TIMEOUT": "2",
