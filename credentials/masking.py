@@ -5,10 +5,11 @@ import contextlib
 import contextvars
 import logging
 import logging.config
-import os
 import re
 
 from django.conf import settings
+
+from .env_keys import global_env_secrets
 
 MASK_SHORT = "***"
 
@@ -57,12 +58,7 @@ _PATTERNS = [
 
 def _static_secrets() -> list[str]:
     values = [settings.SECRET_KEY, settings.ENCRYPTION_KEY, settings.SUPER_API_KEY, *settings.ENCRYPTION_KEYS_OLD]
-    try:
-        from .resolution import global_env_secrets  # late: resolution imports models
-    except Exception:  # noqa: BLE001 - a record logged before the apps are loaded: the environment's keys
-        values.extend(v for k, v in os.environ.items() if k.endswith("_API_KEY"))
-    else:
-        values.extend(global_env_secrets())
+    values.extend(global_env_secrets())
     return [v for v in values if v and len(v) >= 6]
 
 

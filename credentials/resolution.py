@@ -28,6 +28,8 @@ from django.conf import settings
 
 from . import crypto
 from .models import TenantCredential
+from .env_keys import env_names
+from .masking import mask
 from .provider_rules import EXTRA_OPENAI_COMPATIBLE, missing_fields
 
 
@@ -61,8 +63,6 @@ class ResolvedCredential:
     tenant_controlled: bool = False  # the endpoint was set by a tenant: the egress policy's tenant rule applies
 
     def __repr__(self):
-        from .masking import mask
-
         return (
             f"ResolvedCredential(provider_type={self.provider_type!r}, source={self.source!r}, "
             f"api_key={mask(self.api_key)!r}, api_base={self.api_base!r}, "
@@ -97,28 +97,8 @@ def _same_endpoint(a: str | None, b: str | None) -> bool:
     return (a or "").strip().rstrip("/").lower() == (b or "").strip().rstrip("/").lower()
 
 
-# provider type -> (key variable, base-url variable, api-version variable, deployment variable)
-GLOBAL_ENV = {
-    "openai": ("OPENAI_API_KEY", "OPENAI_API_BASE", None, None),
-    "azure": ("AZURE_API_KEY", "AZURE_API_BASE", "AZURE_API_VERSION", "AZURE_DEPLOYMENT_NAME"),
-    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_API_BASE", None, None),
-    "mistral": ("MISTRAL_API_KEY", "MISTRAL_API_BASE", None, None),
-    "gemini": ("GEMINI_API_KEY", None, None, None),
-    "hosted_vllm": ("VLLM_API_KEY", "VLLM_MODEL_URL", None, None),
-    "berget": ("BERGET_API_KEY", "BERGET_API_BASE", None, None),
-    "ovhcloud": ("OVHCLOUD_API_KEY", "OVHCLOUD_API_BASE", None, None),
-}
-
-
-def _env_names(provider_type: str):
-    if provider_type in GLOBAL_ENV:
-        return GLOBAL_ENV[provider_type]
-    upper = provider_type.upper().replace("-", "_")
-    return (f"{upper}_API_KEY", f"{upper}_API_BASE", None, None)
-
-
 def global_env_credential(provider_type: str) -> ResolvedCredential | None:
-    key_var, base_var, version_var, deployment_var = _env_names(provider_type)
+    key_var, base_var, version_var, deployment_var = env_names(provider_type)
     api_key = os.environ.get(key_var, "").strip() or None
     api_base = (os.environ.get(base_var, "").strip() if base_var else "") or None
     if provider_type == "azure" and not api_base:
@@ -135,13 +115,6 @@ def global_env_credential(provider_type: str) -> ResolvedCredential | None:
         api_version=(os.environ.get(version_var, "").strip() or None) if version_var else None,
         deployment_name=(os.environ.get(deployment_var, "").strip() or None) if deployment_var else None,
     )
-
-
-def global_env_secrets() -> list[str]:
-    """Every global provider key currently set (for the log masking filter)."""
-    names = {v[0] for v in GLOBAL_ENV.values()}
-    names.update(k for k in os.environ if k.endswith("_API_KEY"))
-    return [os.environ[n] for n in names if os.environ.get(n)]
 
 
 def _from_tenant_credential(cred: TenantCredential, tenant_label: str, endpoint: ProviderEndpoint) -> ResolvedCredential:
@@ -259,10 +232,10 @@ def _shared_fallback(provider_type: str, provider_fallback, endpoint: ProviderEn
     resolved = global_env_credential(provider_type)
     if resolved is None:
         raise CredentialMissing(
-            f"No API key configured for provider '{provider_type}' ({why}: {_env_names(provider_type)[0]})."
+            f"No API key configured for provider '{provider_type}' ({why}: {env_names(provider_type)[0]})."
         )
     if endpoint.base_url and not _same_endpoint(endpoint.base_url, resolved.api_base):
-        key_var, base_var = _env_names(provider_type)[:2]
+        key_var, base_var = env_names(provider_type)[:2]
         bound_to = resolved.api_base or f"the default '{provider_type}' endpoint"
         raise CredentialMissing(
             f"No API key for provider '{endpoint.label or provider_type}': the global key {key_var} is only sent "
