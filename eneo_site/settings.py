@@ -279,13 +279,14 @@ LOGGING_CONFIG = "credentials.masking.configure_logging"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"mask_secrets": {"()": "credentials.masking.SecretMaskingFilter"}},
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"mask_secrets": {"()": "credentials.masking.SecretMaskingFilter"},
+                "request_id": {"()": "tenants.request_id.RequestIdFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "plain",
-            "filters": ["mask_secrets"],
+            "filters": ["request_id", "mask_secrets"],
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
@@ -313,6 +314,8 @@ DEFAULT_PROVIDER_TYPE = env.str("DEFAULT_PROVIDER_TYPE", default="openai")  # fo
 # each worker checks the catalog version every half of it, in the background (providers/gateway/catalog.py).
 CATALOG_REFRESH_SECONDS = env.float("CATALOG_REFRESH_SECONDS", default=1.0)
 CATALOG_MAX_AGE_SECONDS = env.float("CATALOG_MAX_AGE_SECONDS", default=300.0)  # safety net: full background reload
+# Browser origins allowed to call /v1 (CORS), comma-separated; empty: none (no CORS headers, preflights refused)
+GATEWAY_CORS_ORIGINS = env.list("GATEWAY_CORS_ORIGINS", default=[])
 GATEWAY_MAX_MESSAGES = env.int("GATEWAY_MAX_MESSAGES", default=4096)  # messages in one chat request
 GATEWAY_PARSE_IN_THREAD_BYTES = env.int("GATEWAY_PARSE_IN_THREAD_BYTES", default=262144)  # larger bodies: off-loop
 USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.5)  # usage records are batched this long

@@ -232,6 +232,8 @@ class UsageRecord(models.Model):
     tokens_estimated = models.BooleanField(
         default=False, db_default=False,
         help_text="The provider reported no usage: tokens were counted with LiteLLM's token counter.")
+    request_id = models.CharField(max_length=64, blank=True, default="", db_default="", db_index=True,
+                                  help_text="The call's X-Request-Id (the caller's, or the one the gateway gave it).")
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:

@@ -6,7 +6,6 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from credentials.models import TenantCredential
 
 from . import scopes, services
 from .actors import Actor
@@ -54,40 +53,13 @@ class TenantMembershipInline(admin.TabularInline):
     readonly_fields = ("created_at",)
 
 
-class TenantCredentialInline(admin.TabularInline):
-    """Read-only overview; a credential is added or replaced on its own page (write-only key field)."""
-
-    model = TenantCredential
-    extra = 0
-    can_delete = False
-    fields = ("provider_link", "masked_key", "encryption", "endpoint", "configured_at")
-    readonly_fields = fields
-    verbose_name_plural = "Credentials (bring your own key)"
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    @admin.display(description="Provider")
-    def provider_link(self, obj):
-        url = reverse("admin:credentials_tenantcredential_change", args=[obj.pk])
-        return format_html('<a href="{}">{}</a>', url, obj.provider_type)
-
-    @admin.display(description="API key")
-    def masked_key(self, obj):
-        return obj.masked_key
-
-    @admin.display(description="Encryption")
-    def encryption(self, obj):
-        return obj.encryption_status
-
-
 @admin.register(Tenant)
 class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "slug", "is_active", "credential_count", "created_at")
     list_filter = ("is_active",)
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
-    inlines = [TenantMembershipInline, TenantCredentialInline]
+    inlines = [TenantMembershipInline]  # credentials.admin adds the tenant's credentials (imports run one way)
     readonly_fields = ("id", "created_at", "updated_at")
     fields = ("id", "name", "slug", "is_active", "created_at", "updated_at")
     tenant_path = "pk"

@@ -45,11 +45,22 @@ _LOCK = "eneo:authlock:"
 def client_address(request) -> str | None:
     """The address a request came from: REMOTE_ADDR; with BEHIND_TLS_PROXY, the last X-Forwarded-For entry.
     Also django-axes' AXES_CLIENT_IP_CALLABLE, so the admin login lockout counts the same address."""
+    return _address(request.META.get("REMOTE_ADDR"), request.META.get("HTTP_X_FORWARDED_FOR", ""))
+
+
+def scope_address(scope) -> str | None:
+    """client_address of an ASGI request, before Django has made a request of it."""
+    client = scope.get("client")
+    forwarded = dict(scope.get("headers") or []).get(b"x-forwarded-for", b"").decode("latin-1")
+    return _address(client[0] if client else None, forwarded)
+
+
+def _address(remote: str | None, forwarded: str) -> str | None:
     if settings.BEHIND_TLS_PROXY:
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[-1].strip()
+        forwarded = forwarded.split(",")[-1].strip()
         if forwarded and _valid_ip(forwarded):
             return forwarded
-    return request.META.get("REMOTE_ADDR") or None
+    return remote or None
 
 
 def _valid_ip(value: str) -> bool:

@@ -14,6 +14,12 @@ def pytest_configure(config):
         raise pytest.UsageError("REQUIRE_SERVICES=1 but DATABASE_URL is not a PostgreSQL URL")
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The system tests (tests/system) run last. Their topology (web workers, a Celery worker and beat on the test
+    database) lives until the session ends; tests after them would have their data probed by its beat and worker."""
+    items.sort(key=lambda item: "system" in item.path.parent.parts[-1:])
+
+
 @pytest.fixture(autouse=True)
 def _no_global_keys(monkeypatch):
     """Global provider keys from the developer's environment must not leak into tests."""
@@ -181,7 +187,7 @@ class LiveGateway:
         return asyncio.run_coroutine_threadsafe(coro_factory(), self.loop).result(timeout)
 
     def flush_usage(self):
-        self.run_async(self.gw.usage.flush)
+        self.run_async(self.gw.flush_usage)
 
     def stop(self):
         from asgiref.sync import sync_to_async

@@ -20,6 +20,7 @@ import pytest
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported (lazily, below)
 
 from tests.fake_upstream import REPLY, FakeUpstream, UpstreamState, extract_key, start_fake_upstream  # noqa: E402
+from tests.openai_spec import violations  # noqa: E402
 
 OPENAI_KEY = {"Authorization": "Bearer sk-test-123456"}
 AZURE_KEY = {"api-key": "az-key-123456"}
@@ -436,3 +437,343 @@ def test_litellm_maps_faults(up: FakeUpstream, litellm: Any) -> None:
     with pytest.raises(litellm.RateLimitError):  # the openai SDK retries by itself unless max_retries=0
         _text(litellm, False, model="openai/gpt-4o-mini", api_base=up.url + "/v1", api_key="sk-x", max_retries=0)
     assert len(up.requests) == 2
+
+
+# --- OpenAI legacy completions and Responses, driven by the official openai SDK -----------------------------
+
+# One schema per Responses stream event: ResponseStreamEvent is an anyOf, whose errors don't say what is wrong.
+RESPONSE_EVENTS = {
+    "response.created": "ResponseCreatedEvent",
+    "response.in_progress": "ResponseInProgressEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent",
+    "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent",
+    "response.output_text.done": "ResponseTextDoneEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent",
+    "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.completed": "ResponseCompletedEvent",
+}
+RESPONSE_INPUT = [
+    {"role": "user", "content": [{"type": "input_text", "text": "one two three"}]},
+    {"role": "assistant", "content": "four"},
+]
+WEATHER_PARAMETERS = {"type": "object", "properties": {}}
+
+
+def sdk(up: FakeUpstream, prefix: str = "/v1") -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=up.url + prefix, api_key="sk-test-123456", max_retries=0)
+
+
+def chunk_violations(chunk: dict[str, Any]) -> list[str]:
+    """Spec violations of a streamed text_completion chunk. OpenAI sends finish_reason null until the last chunk,
+    but CreateCompletionResponse (shared by stream and non-stream) allows only a string there, so that is let by."""
+    found = violations("CreateCompletionResponse", chunk)
+    if chunk["choices"] and chunk["choices"][0]["finish_reason"] is None:
+        found = [v for v in found if not v.startswith("choices/0/finish_reason: null is not")]
+    return found
+
+
+def event_violations(event: dict[str, Any]) -> list[str]:
+    return violations("ResponseStreamEvent", event) + violations(RESPONSE_EVENTS[event["type"]], event)
+
+
+@pytest.mark.parametrize("prefix", ["/v1", ""])
+def test_openai_sdk_completions(up: FakeUpstream, prefix: str) -> None:
+    client = sdk(up, prefix)
+    raw = client.completions.with_raw_response.create(
+        model="gpt-3.5-turbo-instruct", prompt=["one two", "three"], n=2, max_tokens=16, suffix="!"
+    )
+    assert violations("CreateCompletionResponse", raw.http_response.json()) == []
+    completion = raw.parse()
+    assert completion.object == "text_completion" and completion.id.startswith("cmpl-")
+    assert completion.model == "gpt-3.5-turbo-instruct" and isinstance(completion.created, int)
+    assert [(c.index, c.text, c.logprobs, c.finish_reason) for c in completion.choices] == [
+        (i, REPLY, None, "stop") for i in range(4)
+    ]
+    assert completion.usage is not None and completion.usage.to_dict() == {
+        "prompt_tokens": 3,
+        "completion_tokens": 16,
+        "total_tokens": 19,
+    }
+    rec = up.last_request()
+    assert rec is not None and rec["path"] == f"{prefix}/completions" and rec["key"] == "sk-test-123456"
+    assert rec["json"]["prompt"] == ["one two", "three"] and rec["json"]["n"] == 2
+    echoed = client.completions.create(model="m", prompt="Say: ", echo=True, logprobs=None)
+    assert echoed.choices[0].text == "Say: " + REPLY
+    assert violations("CreateCompletionResponse", echoed.to_dict()) == []
+
+
+def test_openai_sdk_completions_stream(up: FakeUpstream) -> None:
+    stream = sdk(up).completions.create(
+        model="gpt-3.5-turbo-instruct", prompt="hi there", n=2, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk.to_dict() for chunk in stream]
+    for n, chunk in enumerate(chunks):
+        assert chunk_violations(chunk) == [], f"chunk {n}: {chunk}"
+    assert all(c["object"] == "text_completion" and c["id"] == chunks[0]["id"] for c in chunks)
+    *content, usage = chunks
+    for index in (0, 1):
+        mine = [c["choices"][0] for c in content if c["choices"][0]["index"] == index]
+        assert len(mine) >= 3 and "".join(c["text"] for c in mine) == REPLY
+        assert [c["finish_reason"] for c in mine] == [None] * (len(mine) - 1) + ["stop"]
+        assert all(c["logprobs"] is None for c in mine)
+    assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 2, "completion_tokens": 8, "total_tokens": 10}
+    rec = up.last_request()
+    assert rec is not None and rec["json"]["stream"] is True
+    plain = [c.to_dict() for c in sdk(up).completions.create(model="m", prompt="x", stream=True)]
+    assert all("usage" not in c for c in plain) and plain[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("prefix", ["/v1", ""])
+def test_openai_sdk_responses(up: FakeUpstream, prefix: str) -> None:
+    client = sdk(up, prefix)
+    raw = client.responses.with_raw_response.create(
+        model="gpt-4o-mini",
+        input=RESPONSE_INPUT,
+        instructions="be brief",
+        max_output_tokens=50,
+        temperature=0.5,
+        previous_response_id="resp_earlier",
+        store=False,
+        metadata={"ticket": "42"},
+        tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER_PARAMETERS}],
+    )
+    body = raw.http_response.json()
+    assert violations("Response", body) == []
+    response = raw.parse()
+    assert response.output_text == REPLY
+    assert response.object == "response" and response.status == "completed" and response.id.startswith("resp_")
+    assert response.model == "gpt-4o-mini" and response.error is None and response.incomplete_details is None
+    (message,) = response.output
+    assert message.type == "message" and message.id.startswith("msg_") and message.status == "completed"
+    assert message.role == "assistant" and [c.to_dict() for c in message.content] == [
+        {"type": "output_text", "text": REPLY, "annotations": [], "logprobs": []}
+    ]
+    assert response.usage is not None and response.usage.to_dict() == {
+        "input_tokens": 6,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": 4,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 10,
+    }
+    assert (response.instructions, response.max_output_tokens, response.temperature) == ("be brief", 50, 0.5)
+    assert response.previous_response_id == "resp_earlier" and response.metadata == {"ticket": "42"}
+    assert body["tools"] == [  # as OpenAI echoes a function tool
+        {"type": "function", "name": "get_weather", "description": None, "parameters": WEATHER_PARAMETERS, "strict": True}
+    ]
+    assert body["store"] is False and body["tool_choice"] == "auto"
+    assert body["text"] == {"format": {"type": "text"}, "verbosity": "medium"} and body["truncation"] == "disabled"
+    rec = up.last_request()
+    assert rec is not None and rec["path"] == f"{prefix}/responses" and rec["json"]["input"] == RESPONSE_INPUT
+    short = client.responses.create(model="gpt-4o", input="hi")
+    assert short.usage is not None and (short.usage.input_tokens, short.usage.total_tokens) == (1, 5)
+    assert short.instructions is None and short.tools == [] and short.id != response.id
+
+
+def test_openai_sdk_responses_stream(up: FakeUpstream) -> None:
+    client = sdk(up)
+    events = [event.to_dict() for event in client.responses.create(model="gpt-4o-mini", input="hi there", stream=True)]
+    for n, event in enumerate(events):
+        assert event_violations(event) == [], f"event {n}: {event}"
+    kinds = [e["type"] for e in events]
+    deltas = kinds.count("response.output_text.delta")
+    assert deltas >= 3
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    created, completed = events[0]["response"], events[-1]["response"]
+    assert created["status"] == "in_progress" and created["output"] == [] and created["id"] == completed["id"]
+    item_id = events[2]["item"]["id"]
+    text_events = [e for e in events if e["type"].startswith("response.output_text")]
+    where = {(e["item_id"], e["output_index"], e["content_index"], str(e["logprobs"])) for e in text_events}
+    assert where == {(item_id, 0, 0, "[]")}
+    assert "".join(e["delta"] for e in text_events[:-1]) == text_events[-1]["text"] == REPLY
+    assert completed["status"] == "completed" and completed["output"] == [events[-2]["item"]]
+    assert completed["usage"]["input_tokens"] == 2 and completed["usage"]["total_tokens"] == 6
+    with client.responses.stream(model="gpt-4o-mini", input=RESPONSE_INPUT) as stream:
+        text = "".join(event.delta for event in stream if event.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == final.output_text == REPLY
+    assert final.usage is not None and final.usage.total_tokens == 8
+
+
+def test_responses_stream_wire_format(http: httpx.Client) -> None:
+    r = http.post("/v1/responses", json={"model": "gpt-4o-mini", "input": "hi", "stream": True}, headers=OPENAI_KEY)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse(r.text)
+    assert all(event == json.loads(data)["type"] for event, data in events)  # `event:` line names each event
+    assert events[-1][0] == "response.completed" and "[DONE]" not in r.text
+
+
+# --- rerank --------------------------------------------------------------------------------------------------
+
+COHERE_RERANK = "cohere/rerank-english-v3.0"
+QUERY = "red apple pie"
+DOCUMENTS = ["green pear", "an apple a day", {"text": "Red apple pie recipe"}, "apple"]
+
+
+def test_rerank_http(up: FakeUpstream, http: httpx.Client) -> None:
+    body = {"model": "rerank-v3.5", "query": QUERY, "documents": DOCUMENTS}
+    data = http.post("/v2/rerank", json=body, headers=OPENAI_KEY).json()
+    assert data["id"] and data["meta"] == {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
+    ranked = [(r["index"], r["relevance_score"]) for r in data["results"]]
+    assert ranked == [(2, 1.0), (1, 0.333333), (3, 0.333333), (0, 0.0)]
+    assert all("document" not in r for r in data["results"])  # only with return_documents
+    assert data["usage"] == {"total_tokens": 14}
+    top = http.post("/rerank", json={**body, "top_n": 2, "return_documents": True}, headers=OPENAI_KEY).json()
+    assert top["results"] == [
+        {"index": 2, "relevance_score": 1.0, "document": {"text": "Red apple pie recipe"}},
+        {"index": 1, "relevance_score": 0.333333, "document": {"text": "an apple a day"}},
+    ]
+    assert [r["path"] for r in up.requests] == ["/v2/rerank", "/rerank"]
+    assert http.post("/v1/rerank", json={**body, "top_n": 0}, headers=OPENAI_KEY).status_code == 400
+    assert http.post("/v1/rerank", json={**body, "documents": "x"}, headers=OPENAI_KEY).status_code == 400
+    assert http.post("/v1/rerank", json={"model": "m", "documents": []}, headers=OPENAI_KEY).status_code == 400
+    assert http.post("/v1/rerank", json=body).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("model", "base", "path"),
+    [
+        (COHERE_RERANK, "", "/v2/rerank"),
+        (COHERE_RERANK, "/v1/rerank", "/v1/rerank"),
+        ("jina_ai/jina-reranker-v2-base-multilingual", "/ignored", "/v1/rerank"),
+        ("hosted_vllm/BAAI/bge-reranker-v2-m3", "/v1", "/v1/rerank"),
+        ("hosted_vllm/BAAI/bge-reranker-v2-m3", "", "/rerank"),
+    ],
+)
+def test_litellm_rerank(up: FakeUpstream, litellm: Any, model: str, base: str, path: str) -> None:
+    reply = litellm.rerank(
+        model=model, api_base=up.url + base, api_key="rr-key-123456", query=QUERY, documents=DOCUMENTS, top_n=3
+    )
+    assert [r["index"] for r in reply.results] == [2, 1, 3]
+    assert [r["relevance_score"] for r in reply.results] == [1.0, 0.333333, 0.333333]
+    assert reply.results[0]["document"] == {"text": "Red apple pie recipe"}  # litellm.rerank sends return_documents
+    rec = up.last_request()
+    assert rec is not None and rec["path"] == path and rec["key"] == "rr-key-123456"
+    assert rec["json"]["model"] == model.split("/", 1)[1] and rec["json"]["query"] == QUERY
+    assert rec["json"]["documents"] == DOCUMENTS and rec["json"]["top_n"] == 3
+
+
+def test_litellm_arerank_cohere_and_jina(up: FakeUpstream, litellm: Any) -> None:
+    import asyncio
+
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+    async def call() -> list[Any]:
+        replies = [
+            await litellm.arerank(model=COHERE_RERANK, api_base=up.url, api_key="co-key", query=QUERY, documents=DOCUMENTS),
+            await litellm.arerank(
+                model="jina_ai/jina-reranker-v2-base-multilingual",
+                api_base=up.url,
+                api_key="jina-key",
+                query=QUERY,
+                documents=DOCUMENTS,
+                top_n=1,
+                return_documents=True,
+            ),
+        ]
+        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), 5)
+        await GLOBAL_LOGGING_WORKER.stop()
+        return replies
+
+    cohere, jina = asyncio.run(call())
+    assert [r["index"] for r in cohere.results] == [2, 1, 3, 0]  # no top_n: all, ties by index
+    assert all("document" not in r for r in cohere.results)  # arerank leaves return_documents out
+    assert cohere.meta["billed_units"] == {"search_units": 1}
+    assert jina.results == [{"index": 2, "relevance_score": 1.0, "document": {"text": "Red apple pie recipe"}}]
+    assert jina.meta["billed_units"]["total_tokens"] == 14
+    assert [(r["path"], r["key"]) for r in up.requests] == [("/v2/rerank", "co-key"), ("/v1/rerank", "jina-key")]
+    assert "return_documents" not in up.requests[0]["json"] and up.requests[1]["json"]["return_documents"] is True
+
+
+# --- the new routes: faults, keys, LiteLLM -------------------------------------------------------------------
+
+
+def test_new_routes_apply_faults_and_are_recorded(up: FakeUpstream, litellm: Any) -> None:
+    import openai
+
+    client = sdk(up)
+    up.set_fault("status", status=500, times=3)
+    with pytest.raises(openai.InternalServerError):
+        client.completions.create(model="m", prompt="x")
+    with pytest.raises(openai.InternalServerError):
+        client.responses.create(model="m", input="x")
+    with pytest.raises(litellm.InternalServerError):
+        litellm.rerank(model=COHERE_RERANK, api_base=up.url, api_key="co-key", query="q", documents=["d"])
+    assert client.completions.create(model="m", prompt="x").choices[0].text == REPLY  # times=3 used up
+    assert [r["path"] for r in up.requests] == ["/v1/completions", "/v1/responses", "/v2/rerank", "/v1/completions"]
+    assert up.keys_seen() == ["sk-test-123456", "sk-test-123456", "co-key", "sk-test-123456"]
+
+    up.set_fault("drop_stream", path_contains="/responses", times=1)
+    lines: list[str] = []
+    body = {"model": "m", "input": "x", "stream": True}
+    with pytest.raises(httpx.RemoteProtocolError):
+        with httpx.stream("POST", up.url + "/v1/responses", json=body, headers=OPENAI_KEY) as r:
+            lines.extend(line for line in r.iter_lines() if line.startswith("event: "))
+    assert lines == ["event: response.created", "event: response.in_progress"]
+    up.set_fault("malformed", path_contains="/rerank", times=1)
+    with pytest.raises(json.JSONDecodeError):
+        httpx.post(up.url + "/v1/rerank", json={"model": "m", "query": "q", "documents": []}, headers=OPENAI_KEY).json()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "missing"),
+    [
+        ("/v1/completions", {"model": "m"}, "prompt"),
+        ("/completions", {"prompt": "x"}, "model"),
+        ("/v1/responses", {"model": "m"}, "input"),
+        ("/responses", {"input": "x"}, "model"),
+        ("/v2/rerank", {"model": "m", "documents": []}, "query"),
+    ],
+)
+def test_new_routes_check_key_and_fields(http: httpx.Client, path: str, body: dict[str, Any], missing: str) -> None:
+    r = http.post(path, json=body, headers=OPENAI_KEY)
+    assert r.status_code == 400 and r.json()["error"]["message"] == f"{missing}: Field required"
+    r = http.post(path, json={**body, missing: "x"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_litellm_responses(up: FakeUpstream, litellm: Any, stream: bool) -> None:
+    reply = litellm.responses(
+        model="openai/gpt-4o-mini", input="hi there", api_base=up.url + "/v1", api_key="sk-resp", stream=stream
+    )
+    if stream:
+        events = list(reply)
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        final = events[-1].response
+    else:
+        final = reply
+        text = final.output[0].content[0].text
+    assert text == REPLY and final.status == "completed" and final.usage.total_tokens == 6
+    rec = up.last_request()
+    assert rec is not None and rec["path"] == "/v1/responses" and rec["key"] == "sk-resp"
+    assert bool(rec["json"].get("stream")) is stream
+
+
+def test_litellm_text_completion(up: FakeUpstream, litellm: Any) -> None:
+    reply = litellm.text_completion(
+        model="openai/gpt-3.5-turbo-instruct", prompt="hi there", api_base=up.url + "/v1", api_key="sk-text"
+    )
+    assert reply.choices[0].text == REPLY and reply.usage.total_tokens == 6
+    rec = up.last_request()
+    assert rec is not None and rec["path"] == "/v1/completions" and rec["json"]["prompt"] == "hi there"
+    reply = litellm.text_completion(
+        model="azure_text/mydeploy", prompt="hi", api_base=up.url, api_version="2024-06-01", api_key="az-key-123456"
+    )
+    assert reply.choices[0].text == REPLY
+    rec = up.last_request()
+    assert rec is not None and rec["path"] == "/openai/deployments/mydeploy/completions"
+    assert rec["query"] == {"api-version": "2024-06-01"} and rec["key"] == "az-key-123456"

@@ -409,7 +409,11 @@ def test_oversize_body_over_asgi_is_413(gateway, gateway_world, path, chunked):
     if path.startswith("/v1/"):
         assert body["error"]["code"] == "request_too_large"
     gateway.flush_usage()
-    assert row_counts() == before
+    expected = dict(before)
+    if path.startswith("/v1/"):  # the known key's refusal is in the usage ledger; nothing else is written
+        expected["UsageRecord"] += 1
+        assert UsageRecord.objects.get().status == "refused"
+    assert row_counts() == expected
 
 
 def test_openai_rejects_hostile_bodies(gateway, gateway_world, upstream):

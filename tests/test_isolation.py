@@ -71,6 +71,7 @@ class Side:
     provider_name: str = ""
     model_pk: int = 0
     model_id: str = ""
+    model_name: str = ""  # a name /v1/models lists for the model (<provider type>/<model id>)
     provider_key_id: int = 0
     api_key_id: int = 0
     api_key_prefix: str = ""
@@ -87,6 +88,7 @@ def ghost_of(side: Side) -> Side:
     never = 2_000_000_000
     return Side(label="ghost", marker="ghost", tenant_id=str(uuid.uuid4()), provider_id="aip_" + "0" * 24,
                 provider_pk=str(never), provider_name="Ghost provider", model_pk=never, model_id="ghost-chat-model",
+                model_name="openai/ghost-chat-model",
                 provider_key_id=never, api_key_id=never, api_key_prefix="0" * 12, task_id="0" * 32,
                 chat_names=[n.replace(side.marker, "ghost") for n in side.chat_names],
                 embedding_names=[n.replace(side.marker, "ghost") for n in side.embedding_names])
@@ -117,7 +119,8 @@ def build_side(tenant: Tenant, marker: str, upstream_url: str, tag: str, *, cred
     return Side(
         label=f"tenant {marker}", marker=marker, tenant=tenant, token=caller.plaintext, tenant_id=str(tenant.pk),
         provider_id=provider.public_id, provider_pk=str(provider.pk), provider_name=provider.name,
-        model_pk=model.pk, model_id=model.model_id, provider_key_id=provider.keys.get().pk, api_key_id=spare.pk,
+        model_pk=model.pk, model_id=model.model_id, model_name=f"openai/{model.model_id}",
+        provider_key_id=provider.keys.get().pk, api_key_id=spare.pk,
         api_key_prefix=caller.api_key.prefix, task_id=check.task_id,
         chat_names=[f"{marker}-alias", f"{marker}-chat-model", f"openai/{marker}-chat-model"],
         embedding_names=[f"{marker}-embed", f"{marker}-embed-model", f"openai/{marker}-embed-model"],
@@ -213,6 +216,7 @@ PATH_PARAMS: dict[str, str | Shared] = {
     "tenants/{tenant_id}": "tenant_id",
     "ai-providers/{provider_id}": "provider_id",
     "models/{model_pk}": "model_pk",
+    "models/{model}": "model_name",
     "keys/{key_id}": "provider_key_id",
     "api-keys/{key_id}": "api_key_id",
     "tasks/{task_id}": "task_id",

@@ -186,6 +186,63 @@ def test_limits_credentials_and_budget_refusals_are_recorded(gateway, upstream, 
     assert len(upstream.requests) == 1
 
 
+def _too_many_messages(settings):
+    settings.GATEWAY_MAX_MESSAGES, settings.GATEWAY_PARSE_IN_THREAD_BYTES = 3, 10
+    return {"json": {"model": "fast", "messages": HI * 4}}
+
+
+def _too_large(settings, chunked=False):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2_000
+    body = json.dumps({"model": "fast", "messages": [{"role": "user", "content": "x" * 3_000}]}).encode()
+    return {"content": iter([body[:1000], body[1000:]]) if chunked else body,
+            "headers": {"Content-Type": "application/json"}}
+
+
+BEFORE_AUTH = {  # refusals answered before the handler authenticates the caller: (request, status, code, model)
+    "invalid body": (lambda s: {"json": {"model": "fast", "messages": "hi"}}, 400, "invalid_value", "fast"),
+    "not JSON": (lambda s: {"content": b"{nope", "headers": {"Content-Type": "application/json"}}, 400,
+                 "invalid_request_error", ""),
+    "not sent as JSON": (lambda s: {"content": b"model=fast", "headers": {"Content-Type": "text/plain"}}, 415,
+                         "unsupported_media_type", ""),
+    "too many messages": (_too_many_messages, 400, "invalid_value", "fast"),
+    "too large": (_too_large, 413, "request_too_large", ""),
+    "too large, chunked": (lambda s: _too_large(s, chunked=True), 413, "request_too_large", ""),
+}
+
+
+@pytest.mark.parametrize("case", BEFORE_AUTH)
+def test_refusals_before_authentication_are_recorded_for_a_known_key(gateway, upstream, world, settings, case):
+    make_request, status, code, model = BEFORE_AUTH[case]
+    request = make_request(settings)
+    headers = {**request.pop("headers", {}), **world["headers"]}
+    r = httpx.post(gateway.url + "/v1/chat/completions", headers=headers, **request)
+    assert r.status_code == status, r.text
+    [row] = rows_when(gateway, 1)
+    assert (row.status, row.http_status, row.error_type, row.requested_model, row.endpoint) == \
+        ("refused", status, code, model, "chat.completions")
+    assert (row.tenant_id, row.api_key_id, row.tokens_in, row.cost) == \
+        (world["api_key"].tenant_id, world["api_key"].pk, 0, Decimal(0))
+    assert upstream.requests == []
+
+    # the same requests with an unknown key, or none: refused alike, and nothing is recorded
+    for bad in ({}, {"Authorization": "Bearer eneo_abc_def"}):
+        request = make_request(settings)
+        r = httpx.post(gateway.url + "/v1/chat/completions", headers={**request.pop("headers", {}), **bad},
+                       **request)
+        assert r.status_code == status, r.text
+    assert len(rows_when(gateway, 1)) == 1
+
+
+def test_a_key_without_the_gateway_scope_is_refused_and_recorded(gateway, upstream, world, tenant):
+    key = api_key_create(actor=SYSTEM, tenant=tenant, name="reader", scopes=["aiProviders:ListAiProviders"])
+    r = httpx.post(gateway.url + "/v1/embeddings", json={"model": "embed", "input": "hi"},
+                   headers={"Authorization": f"Bearer {key.plaintext}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+    [row] = rows_when(gateway, 1)
+    assert (row.status, row.http_status, row.error_type, row.endpoint, row.requested_model, row.api_key_id) == \
+        ("refused", 403, "insufficient_scope", "embeddings", "embed", key.api_key.pk)
+
+
 def test_unauthenticated_calls_leave_no_record(gateway, upstream, world):
     for headers in ({}, {"Authorization": "Bearer eneo_abc_def"}):
         r = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "fast", "messages": HI}, headers=headers)

@@ -1,9 +1,11 @@
 from django.contrib import admin
+from django.urls import reverse
 from django.utils.decorators import method_decorator
+from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
 
 from tenants.actors import Actor
-from tenants.admin import TenantScopedAdminMixin
+from tenants.admin import TenantAdmin, TenantScopedAdminMixin
 
 from .. import services
 from ..models import TenantCredential
@@ -98,3 +100,32 @@ class TenantCredentialAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     def save_related(self, request, form, formsets, change):
         pass  # no related objects; the service saved everything
 
+
+class TenantCredentialInline(admin.TabularInline):
+    """Read-only overview; a credential is added or replaced on its own page (write-only key field)."""
+
+    model = TenantCredential
+    extra = 0
+    can_delete = False
+    fields = ("provider_link", "masked_key", "encryption", "endpoint", "configured_at")
+    readonly_fields = fields
+    verbose_name_plural = "Credentials (bring your own key)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Provider")
+    def provider_link(self, obj):
+        url = reverse("admin:credentials_tenantcredential_change", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, obj.provider_type)
+
+    @admin.display(description="API key")
+    def masked_key(self, obj):
+        return obj.masked_key
+
+    @admin.display(description="Encryption")
+    def encryption(self, obj):
+        return obj.encryption_status
+
+
+TenantAdmin.inlines = [*TenantAdmin.inlines, TenantCredentialInline]  # shown on the tenant's page

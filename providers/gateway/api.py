@@ -18,9 +18,10 @@ from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from tenants.parsers import JsonParser, body_error
+from tenants.request_id import current_request_id
 from tenants.scopes import Scope
 
-from providers.gateway.core import request_gateway
+from providers.gateway.core import bearer_token, endpoint_name, request_gateway
 from providers.gateway.service import Caller, GatewayError, chat_completion, embeddings, models_for
 
 log = logging.getLogger("eneo.gateway")
@@ -138,6 +139,30 @@ def on_gateway_error(request, exc: GatewayError):
     return _json(exc.body(), exc.status, headers)
 
 
+def _requested_model(request) -> str:
+    """The body's `model`, if the body can be read as a JSON object (for the ledger's record of a refused call)."""
+    data = getattr(request, "preparsed_json", None)
+    if data is None:
+        try:
+            data = json.loads(request.body) if len(request.body) <= 1_000_000 else None
+        except Exception:  # noqa: BLE001 - too large, not JSON: no model name then
+            data = None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else ""
+
+
+def _refused(request, response: HttpResponse, *, read_body: bool = True) -> HttpResponse:
+    """Records an error answered before `authenticate` ran (ninja validates the body first) for a known key."""
+    from tenants.throttle import client_address
+
+    error = json.loads(response.content)["error"]
+    request_gateway(request).record_refusal(
+        bearer_token(request.headers.get("Authorization", ""), request.headers.get("api-key", "")),
+        client_address(request), request.path, response.status_code, error["code"] or error["type"],
+        _requested_model(request) if read_body else "")
+    return response
+
+
 @openai_api.exception_handler(NinjaValidationError)
 def on_invalid(request, exc: NinjaValidationError):
     parts, params = [], []
@@ -145,8 +170,8 @@ def on_invalid(request, exc: NinjaValidationError):
         loc = ".".join(str(p) for p in err.get("loc", [])[1:] if p != "payload") or "body"
         parts.append(f"{loc}: {err.get('msg')}")
         params.append(loc)
-    return _error(400, "Invalid request: " + "; ".join(parts), "invalid_request_error", "invalid_value",
-                  param=params[0] if params and params[0] != "body" else None)
+    return _refused(request, _error(400, "Invalid request: " + "; ".join(parts), "invalid_request_error",
+                                    "invalid_value", param=params[0] if params and params[0] != "body" else None))
 
 
 @openai_api.exception_handler(HttpError)
@@ -154,13 +179,15 @@ def on_http_error(request, exc: HttpError):
     """ninja's own errors (e.g. a body that is not JSON), in OpenAI's shape."""
     status, message = body_error(exc) or (exc.status_code, str(exc))
     code = {413: "request_too_large", 415: "unsupported_media_type"}.get(status)
-    return _error(status, message, "invalid_request_error" if status < 500 else "api_error", code)
+    response = _error(status, message, "invalid_request_error" if status < 500 else "api_error", code)
+    return _refused(request, response, read_body=status not in (413, 415)) if status < 500 else response
 
 
 @openai_api.exception_handler(RequestDataTooBig)
 def on_too_big(request, exc):
-    return _error(413, f"The request body is too large: at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
-                  "invalid_request_error", "request_too_large")
+    return _refused(request, _error(413, f"The request body is too large: at most "
+                                         f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.", "invalid_request_error",
+                                    "request_too_large"), read_body=False)
 
 
 @openai_api.exception_handler(Exception)
@@ -176,8 +203,7 @@ async def authenticate(request) -> Caller:
     if retry_after := await auth_throttle.aretry_after(address):
         raise GatewayError(429, throttled_message(retry_after), type_="rate_limit_error",
                            code="too_many_auth_failures", retry_after=retry_after)
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("api-key", "")
+    token = bearer_token(request.headers.get("Authorization", ""), request.headers.get("api-key", ""))
     gateway = request_gateway(request)
     snapshot, key = await gateway.catalog.authenticate(token)  # fresh for the key's tenant (catalog.py)
     if key is None:
@@ -186,6 +212,9 @@ async def authenticate(request) -> Caller:
         raise GatewayError(401, "Invalid or missing API key. Send 'Authorization: Bearer <tenant API key>'.",
                            type_="invalid_request_error", code="invalid_api_key")
     if not key.has_scope(GATEWAY_SCOPE):
+        if key.tenant_id in snapshot.tenants:
+            gateway.usage.refused(key.tenant_id, key.pk, _requested_model(request), endpoint_name(request.path), 403,
+                                  "insufficient_scope", current_request_id.get())
         raise GatewayError(403, f"This API key lacks the scope {GATEWAY_SCOPE}.", type_="permission_error",
                            code="insufficient_scope")
     tenant = snapshot.tenants.get(key.tenant_id)
@@ -232,3 +261,15 @@ async def list_models(request):
     """The models this API key may use: aliases and <provider>/<model id> names."""
     caller = await authenticate(request)
     return _json({"object": "list", "data": await models_for(caller)})
+
+
+@openai_api.get("/models/{path:model}", response={200: ModelOut, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody},
+                tags=["openai"])
+async def retrieve_model(request, model: str):
+    """One model this API key may use, by a name GET /v1/models lists (`openai/gpt-4o-mini` needs no escaping)."""
+    caller = await authenticate(request)
+    for entry in await models_for(caller):
+        if entry["id"] == model:
+            return _json(entry)
+    raise GatewayError(404, f"The model '{model[:100]}' does not exist or is not available to you.",
+                       type_="invalid_request_error", param="model", code="model_not_found")

@@ -11,12 +11,29 @@ else was given (the ASGI app's, and /v1 requests that reach Django's own handler
 """
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import logging
 import threading
+
+from tenants.request_id import current_request_id
 
 from providers.gateway.breaker import Breaker
 from providers.gateway.catalog import Catalog
 from providers.gateway.limits import Limiter
 from providers.gateway.usage import UsageWriter
+
+log = logging.getLogger("eneo.gateway")
+
+
+def bearer_token(authorization: str, api_key: str = "") -> str:
+    """The API key a /v1 request presents: `Authorization: Bearer <key>`, or Azure's `api-key: <key>`."""
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else api_key
+
+
+def endpoint_name(path: str) -> str:
+    """The usage ledger's name of a /v1 endpoint: /v1/chat/completions -> chat.completions."""
+    return path.removeprefix("/v1/").strip("/").replace("/", ".")[:30]
 
 
 class Gateway:
@@ -25,6 +42,39 @@ class Gateway:
         self.limiter = Limiter()
         self.breaker = Breaker()
         self.usage = UsageWriter()
+        self._refusals: set[asyncio.Task] = set()
+
+    def record_refusal(self, token: str, address: str | None, path: str, status: int, code: str,
+                       requested: str = ""):
+        """A call refused before its caller was authenticated (an invalid or oversized body): recorded in the usage
+        ledger when `token` is a known tenant's key, like every other refusal. The key is looked up in the
+        background, as `authenticate` would (a key created a moment ago is found); a wrong key counts as a failed
+        authentication of `address`, and nothing is recorded for it."""
+        task = asyncio.get_running_loop().create_task(
+            self._record_refusal(token, address, path, status, code, requested, current_request_id.get()),
+            context=contextvars.Context())
+        self._refusals.add(task)
+        task.add_done_callback(self._refusals.discard)
+
+    async def flush_usage(self):
+        """Write every usage record due: refusals still being looked up first, then the writer's queue."""
+        if self._refusals:
+            await asyncio.gather(*self._refusals, return_exceptions=True)
+        await self.usage.flush()
+
+    async def _record_refusal(self, token, address, path, status, code, requested, request_id):
+        from tenants.throttle import auth_throttle
+
+        try:
+            if not token or await auth_throttle.aretry_after(address):
+                return
+            snapshot, key = await self.catalog.authenticate(token)
+            if key is None:
+                await auth_throttle.arecord_failure(address)
+            elif key.tenant_id in snapshot.tenants:
+                self.usage.refused(key.tenant_id, key.pk, requested, endpoint_name(path), status, code, request_id)
+        except Exception:  # noqa: BLE001 - the answer is sent; a lost record is logged, never raised
+            log.warning("gateway: could not record a refused call", exc_info=True)
 
 
 _process_gateway: Gateway | None = None

@@ -36,7 +36,11 @@ from providers.gateway.breaker import provider_fault
 from providers.gateway.limits import Denied
 from providers.gateway.catalog import Snapshot, qualified_name, split_prefix
 from providers.choices import ModelType
+from tenants.request_id import current_request_id
+
+from providers.gateway import shapes
 from providers.gateway.request_schema import NOT_FORWARDED, RequestInvalid, validate_request
+from providers.gateway.shapes import public_name
 from providers.models import AIModel
 from providers.provider_types import litellm_model_name
 from providers.services import model_settings, provider_credential
@@ -76,7 +80,7 @@ class Caller:
 
 
 def _available(models: list[AIModel], limit: int = 20) -> str:
-    names = sorted({m.alias or m.model_id for m in models})
+    names = sorted({public_name(m) for m in models})
     if not names:
         return "No models are enabled for your tenant."
     more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
@@ -134,7 +138,7 @@ def _map_upstream(exc: Exception, model: AIModel) -> tuple[GatewayError, bool]:
     """(error for the caller, may another model be tried)."""
     from providers.llm import litellm, upstream_text
 
-    label = model.alias or model.model_id
+    label = public_name(model)
     denied = egress_denied(exc)
     if denied is not None:
         return GatewayError(502, f"The endpoint of the provider of '{label}' is not allowed: {denied}",
@@ -203,7 +207,7 @@ def _usage(caller: Caller, model: AIModel | None, requested: str, endpoint: str,
         str(requested)[:200], endpoint, tokens_in, tokens_out,
         cost_of(model, tokens_in, tokens_out, reported_cost) if model is not None else Decimal(0),
         int((time.monotonic() - started) * 1000), ttft_ms, status, http_status, error_type[:60], streamed,
-        timezone.now(), estimated,
+        timezone.now(), estimated, current_request_id.get(),
     ))
 
 
@@ -279,7 +283,7 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call, *, hold: bo
         breaker_key = _breaker_key(caller, model, cred)
         if not caller.gateway.breaker.allows(breaker_key):
             first_error = first_error or GatewayError(
-                503, f"The provider of '{model.alias or model.model_id}' is failing; calls to it are paused for "
+                503, f"The provider of '{public_name(model)}' is failing; calls to it are paused for "
                      f"up to {settings.GATEWAY_BREAKER_SECONDS:g} s.", type_="api_error", code="provider_paused",
                 retry_after=int(settings.GATEWAY_BREAKER_SECONDS))
             continue
@@ -366,7 +370,7 @@ async def chat_completion(caller: Caller, body: dict, raw: bytes | None = None):
         return iterator, first
 
     if not stream:
-        return await _even_if_closed(ledger, _complete(ledger, candidates, call))
+        return await _even_if_closed(ledger, _complete(ledger, candidates, call, shapes.chat_completion))
     try:
         model, result, lease = await _attempts(caller, candidates, call, hold=stream)
     except GatewayError as error:
@@ -382,8 +386,9 @@ async def chat_completion(caller: Caller, body: dict, raw: bytes | None = None):
     return _sse(ledger, model, iterator, first, wants_usage, lease, call_body["messages"])
 
 
-async def _complete(ledger: _Ledger, candidates: list[AIModel], call) -> dict:
-    """A non-streamed answer (chat or embeddings): the upstream call, then its record."""
+async def _complete(ledger: _Ledger, candidates: list[AIModel], call, shape) -> dict:
+    """A non-streamed answer (chat or embeddings): the upstream call, then its record; `shape` puts the answer
+    in the spec's shape (providers.gateway.shapes)."""
     caller = ledger.caller
     try:
         model, response, _ = await _attempts(caller, candidates, call)
@@ -397,7 +402,7 @@ async def _complete(ledger: _Ledger, candidates: list[AIModel], call) -> dict:
     ledger.answered(model, usage)
     await caller.gateway.limiter.add_tokens(model.provider,
                                             usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
-    return data
+    return shape(data, ledger.requested)
 
 
 def _is_usage_only(data: dict) -> bool:
@@ -441,7 +446,7 @@ async def _sse(ledger: _Ledger, model, iterator, first, wants_usage, lease, mess
     try:
         chunk = first
         while True:
-            data = chunk.model_dump(exclude_none=True)
+            data = shapes.chat_chunk(chunk.model_dump(exclude_none=True), ledger.requested)
             chunk_usage = data.pop("usage", None)
             if chunk_usage:
                 chunk_usage.pop("cost", None)
@@ -460,7 +465,7 @@ async def _sse(ledger: _Ledger, model, iterator, first, wants_usage, lease, mess
             except StopAsyncIteration:
                 break
         if not answered and not usage:
-            raise GatewayError(502, f"The provider of '{model.alias or model.model_id}' sent an answer that could "
+            raise GatewayError(502, f"The provider of '{public_name(model)}' sent an answer that could "
                                     f"not be read.", type_="api_error", code="upstream_malformed")
         yield b"data: [DONE]\n\n"
     except (asyncio.CancelledError, GeneratorExit):  # the client went away: the lane cancelled us, or closed us
@@ -506,7 +511,7 @@ async def embeddings(caller: Caller, body: dict, raw: bytes | None = None) -> di
         ledger.tried.append(model)
         return await litellm.aembedding(**call_body, **params)
 
-    return await _even_if_closed(ledger, _complete(ledger, candidates, call))
+    return await _even_if_closed(ledger, _complete(ledger, candidates, call, shapes.embedding_list))
 
 
 async def models_for(caller: Caller) -> list[dict]:

@@ -78,6 +78,14 @@ class UsageWriter:
             self._wake.clear()
             await self.flush()
 
+    def refused(self, tenant_id, api_key_id, requested: str, endpoint: str, http_status: int, error_type: str,
+                request_id: str):
+        """A call the gateway answered itself before any model was chosen (an invalid or oversized body, a key
+        without the gateway scope): a `refused` record with no tokens and no cost."""
+        self.record((tenant_id, api_key_id, None, None, str(requested or "")[:200], endpoint[:30], 0, 0,
+                     Decimal(0), 0, None, REFUSED, http_status, (error_type or "")[:60], False, timezone.now(),
+                     False, request_id))
+
     async def flush(self):
         if not self._pending and not self._keys_used:
             return
@@ -105,7 +113,7 @@ class UsageWriter:
 
 USAGE_COLUMNS = ("tenant_id", "api_key_id", "provider_id", "model_id", "requested_model", "endpoint", "tokens_in",
                  "tokens_out", "cost", "latency_ms", "ttft_ms", "status", "http_status", "error_type", "streamed",
-                 "created_at", "tokens_estimated")
+                 "created_at", "tokens_estimated", "request_id")
 
 
 def _existing(model, ids: set) -> set:

@@ -15,10 +15,17 @@ LiteLLM api_base per provider: ``openai/`` -> ``up.url + "/v1"`` (used as-is, ``
 ``azure/`` -> ``up.url`` (``/openai/deployments/{model}/...?api-version=`` appended); ``anthropic/`` -> ``up.url``
 (``/v1/messages`` appended, so a base ending in ``/v1`` gives ``/v1/v1/messages``, a 404).
 
-Model endpoints: OpenAI ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/models`` (each also
-served without the ``/v1`` prefix); Azure ``POST /openai/deployments/{name}/chat/completions|embeddings?api-version=``;
-Anthropic ``POST /v1/messages`` (and ``GET /v1/models`` with ``x-api-key`` + ``anthropic-version``).
-A request without an API key gets a 401, like the real APIs.
+Model endpoints: OpenAI ``POST /v1/chat/completions``, ``POST /v1/completions`` (legacy text completions),
+``POST /v1/responses`` (Responses API; streamed as ``event: <type>`` SSE with increasing ``sequence_number`` and no
+``[DONE]``), ``POST /v1/embeddings``, ``GET /v1/models`` (each also served without the ``/v1`` prefix); Azure
+``POST /openai/deployments/{name}/chat/completions|completions|embeddings?api-version=``; Anthropic
+``POST /v1/messages`` (and ``GET /v1/models`` with ``x-api-key`` + ``anthropic-version``); Cohere-style rerank
+``POST /v1/rerank``, ``/v2/rerank`` and ``/rerank`` (results sorted by word overlap with the query, ties by index,
+cut to ``top_n``). A request without an API key gets a 401, like the real APIs.
+
+LiteLLM rerank paths: ``cohere/`` -> ``api_base + "/v2/rerank"`` (``/v1/rerank`` if api_base ends with it, so pass
+``up.url``: ``up.url + "/v1"`` gives ``/v1/v2/rerank``, a 404); ``jina_ai/`` -> ``/v1/rerank`` on api_base's host
+(its path is dropped); ``hosted_vllm/`` -> ``api_base + "/rerank"``.
 
 Control: ``POST /__control/fault`` ({mode, path_contains?, key?, times?, ...opts}), ``DELETE /__control/fault``,
 ``POST /__control/reset``, ``GET /__control/requests``, ``GET|POST /__control/config`` ({models, latency_ms,
@@ -40,6 +47,7 @@ import base64
 import hashlib
 import itertools
 import json
+import math
 import struct
 import threading
 import time
@@ -194,6 +202,18 @@ def _text(value: Any) -> str:
     if isinstance(value, dict):
         return _text(value.get("text") or value.get("content") or "")
     return ""
+
+
+def _inputs(raw: Any) -> list[Any]:
+    """An OpenAI `prompt`/`input` as a list of items: a string or a token-id list alone, or a list of those."""
+    if isinstance(raw, str) or (isinstance(raw, list) and all(isinstance(x, int) for x in raw)):
+        return [raw]
+    return raw if isinstance(raw, list) else [raw]
+
+
+def _tokens(item: Any) -> int:
+    """Tokens of one input item: its words, or its length when it is already a token-id list."""
+    return len(item.split()) if isinstance(item, str) else len(item) if isinstance(item, list) else 0
 
 
 def _prompt_tokens(body: dict[str, Any]) -> int:
@@ -361,15 +381,14 @@ async def embeddings(request: web.Request, model: str | None = None) -> web.Stre
     body = request["body"]
     if (bad := _check_request(request, body, "input", *(() if model else ("model",)))) is not None:
         return bad
-    raw = body["input"]
-    items = [raw] if isinstance(raw, str) or (isinstance(raw, list) and all(isinstance(x, int) for x in raw)) else raw
+    items = _inputs(body["input"])
     data = []
     for index, item in enumerate(items):
         vector: Any = _embedding(item)
         if body.get("encoding_format") == "base64":  # the openai SDK asks for base64 by default
             vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": vector})
-    tokens = max(1, sum(len(x.split()) if isinstance(x, str) else len(x) for x in items))
+    tokens = max(1, sum(_tokens(x) for x in items))
     await _latency(request)
     return web.json_response(
         {
@@ -402,6 +421,134 @@ def _azure(handler: Any) -> Any:
         return await handler(request, model=request.match_info["deployment"])
 
     return azure_handler
+
+
+# --- OpenAI: legacy completions and the Responses API --------------------------------------------------------
+
+
+async def completions(request: web.Request, model: str | None = None) -> web.StreamResponse:
+    body = request["body"]
+    if (bad := _check_request(request, body, "prompt", *(() if model else ("model",)))) is not None:
+        return bad
+    n = body.get("n") or 1
+    if not isinstance(n, int) or n < 1:
+        return error_response(request, 400, "n: must be a positive integer")
+    state = request.app[STATE]
+    prompts = _inputs(body["prompt"])
+    echo = bool(body.get("echo"))
+    texts = [(p if echo and isinstance(p, str) else "") + state.reply for p in prompts for _ in range(n)]
+    model = body.get("model") or model
+    base = {"id": f"cmpl-fake{next(_ids)}", "object": "text_completion", "created": int(time.time()), "model": model}
+    prompt, completion = max(1, sum(_tokens(p) for p in prompts)), len(state.reply.split()) * len(texts)
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if not body.get("stream"):
+        await _latency(request)
+        choices = [{"text": t, "index": i, "logprobs": None, "finish_reason": "stop"} for i, t in enumerate(texts)]
+        return web.json_response({**base, "choices": choices, "usage": usage})
+
+    events = []
+    for index, text in enumerate(texts):
+        pieces = _pieces(text)
+        for position, piece in enumerate(pieces, 1):
+            finish = "stop" if position == len(pieces) else None
+            choice = {"text": piece, "index": index, "logprobs": None, "finish_reason": finish}
+            events.append(_sse({**base, "choices": [choice]}))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append(_sse({**base, "choices": [], "usage": usage}))
+    events.append(_sse("[DONE]"))
+    return await _stream(request, events)
+
+
+def _echoed_tool(tool: Any) -> Any:
+    """A request's tool as a Response lists it: OpenAI fills in a function tool's optional fields."""
+    if isinstance(tool, dict) and tool.get("type") == "function":
+        return {"description": None, "parameters": None, "strict": True, **tool}
+    return tool
+
+
+def _response_object(
+    body: dict[str, Any], ids: tuple[str, int], output: list[Any], usage: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A Response (ids: its id and created_at) as OpenAI sends it, echoing the request's settings; in progress
+    until usage is given."""
+    done = usage is not None
+    response: dict[str, Any] = {
+        "id": ids[0],
+        "object": "response",
+        "created_at": ids[1],
+        "status": "completed" if done else "in_progress",
+        "background": False,
+        "completed_at": int(time.time()) if done else None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "max_tool_calls": body.get("max_tool_calls"),
+        "model": body["model"],
+        "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": body.get("previous_response_id"),
+        "prompt_cache_key": body.get("prompt_cache_key"),
+        "reasoning": {"effort": None, "summary": None},
+        "safety_identifier": body.get("safety_identifier"),
+        "service_tier": "default",
+        "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0),
+        "text": body.get("text") or {"format": {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": [_echoed_tool(tool) for tool in body.get("tools") or []],
+        "top_logprobs": body.get("top_logprobs", 0),
+        "top_p": body.get("top_p", 1.0),
+        "truncation": body.get("truncation", "disabled"),
+        "metadata": body.get("metadata") or {},
+    }
+    if done:  # OpenAI sends "usage": null while in progress, which the spec's ResponseUsage does not allow
+        response["usage"] = usage
+    return response
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    body = request["body"]
+    if (bad := _check_request(request, body, "model", "input")) is not None:
+        return bad
+    state = request.app[STATE]
+    ids, item_id = (f"resp_fake{next(_ids)}", int(time.time())), f"msg_fake{next(_ids)}"
+    prompt = max(1, len(_text(body["input"]).split()) + len(_text(body.get("instructions") or "").split()))
+    completion = len(state.reply.split())
+    usage = {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
+    part = {"type": "output_text", "text": state.reply, "annotations": [], "logprobs": []}
+    item = {"type": "message", "id": item_id, "status": "completed", "role": "assistant", "content": [part]}
+    if not body.get("stream"):
+        await _latency(request)
+        return web.json_response(_response_object(body, ids, [item], usage))
+
+    sequence = itertools.count()
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return _sse({"type": kind, "sequence_number": next(sequence), **fields}, kind)
+
+    started = _response_object(body, ids, [], None)
+    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    events = [
+        event("response.created", response=started),
+        event("response.in_progress", response=started),
+        event("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []}),
+        event("response.content_part.added", **where, part={**part, "text": ""}),
+    ]
+    events += [event("response.output_text.delta", **where, delta=d, logprobs=[]) for d in _pieces(state.reply)]
+    events += [
+        event("response.output_text.done", **where, text=state.reply, logprobs=[]),
+        event("response.content_part.done", **where, part=part),
+        event("response.output_item.done", output_index=0, item=item),
+        event("response.completed", response=_response_object(body, ids, [item], usage)),
+    ]
+    return await _stream(request, events)
 
 
 # --- Anthropic -----------------------------------------------------------------------------------------------
@@ -452,6 +599,43 @@ async def messages(request: web.Request) -> web.StreamResponse:
         _sse({"type": "message_stop"}, "message_stop"),
     ]
     return await _stream(request, events)
+
+
+# --- rerank (Cohere v1/v2, Jina, vLLM) -----------------------------------------------------------------------
+
+
+def _words(text: str) -> set[str]:
+    return {w.strip(".,;:!?\"'()").lower() for w in text.split()} - {""}
+
+
+async def rerank(request: web.Request) -> web.StreamResponse:
+    body = request["body"]
+    if (bad := _check_request(request, body, "model", "query", "documents")) is not None:
+        return bad
+    documents, top_n = body["documents"], body.get("top_n")
+    if not isinstance(documents, list):
+        return error_response(request, 400, "documents: must be a list")
+    if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
+        return error_response(request, 400, "top_n: must be a positive integer")
+    query = _words(_text(body["query"]))
+    texts = [_text(doc) for doc in documents]
+    scores = [round(len(query & _words(text)) / max(1, len(query)), 6) for text in texts]
+    ranked = sorted(range(len(texts)), key=lambda i: (-scores[i], i))[:top_n]
+    results: list[dict[str, Any]] = [{"index": i, "relevance_score": scores[i]} for i in ranked]
+    if body.get("return_documents"):
+        for result in results:
+            result["document"] = {"text": texts[result["index"]]}
+    tokens = max(1, len(_text(body["query"]).split()) + sum(len(text.split()) for text in texts))
+    billed = {"search_units": max(1, math.ceil(len(texts) / 100))}  # Cohere bills per 100 documents
+    await _latency(request)
+    return web.json_response(
+        {
+            "id": f"rerank-fake{next(_ids)}",
+            "results": results,
+            "meta": {"api_version": {"version": "2"}, "billed_units": billed},
+            "usage": {"total_tokens": tokens},  # Jina's and vLLM's usage; LiteLLM's jina/hosted_vllm parsers read it
+        }
+    )
 
 
 # --- control -------------------------------------------------------------------------------------------------
@@ -508,8 +692,13 @@ def build_app(state: UpstreamState | None = None) -> web.Application:
         app.router.add_post(f"{prefix}/embeddings", embeddings)
         app.router.add_get(f"{prefix}/models", list_models)
         app.router.add_post(f"{prefix}/messages", messages)
+        app.router.add_post(f"{prefix}/completions", completions)
+        app.router.add_post(f"{prefix}/responses", responses)
+        app.router.add_post(f"{prefix}/rerank", rerank)
+    app.router.add_post("/v2/rerank", rerank)
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", _azure(chat_completions))
     app.router.add_post("/openai/deployments/{deployment}/embeddings", _azure(embeddings))
+    app.router.add_post("/openai/deployments/{deployment}/completions", _azure(completions))
     app.router.add_post(CONTROL_PREFIX + "fault", control_fault)
     app.router.add_delete(CONTROL_PREFIX + "fault", control_fault)
     app.router.add_post(CONTROL_PREFIX + "reset", control_reset)

@@ -1,0 +1,46 @@
+"""Answers in the exact shape of OpenAI's API (its OpenAPI document, vendored in tests/): LiteLLM's response objects
+are dumped without their None fields, which drops fields the spec requires even when they are null
+(choices[].logprobs, message.content and message.refusal, a chunk's finish_reason). These put them back, and name
+the model as the caller did: a response says the name the caller asked for, errors and /v1/models use
+`public_name`, so one model has one name wherever a client meets it."""
+from __future__ import annotations
+
+from providers.gateway.catalog import qualified_name
+from providers.models import AIModel
+
+
+def public_name(model: AIModel) -> str:
+    """How /v1/models lists a model first, and how errors name it: its alias, else <provider type>/<model id>."""
+    return model.alias or qualified_name(model)
+
+
+def chat_completion(data: dict, requested: str) -> dict:
+    """A chat.completion object, in place."""
+    data["model"] = requested
+    data["object"] = "chat.completion"
+    for choice in data.get("choices") or ():
+        choice.setdefault("logprobs", None)
+        message = choice.setdefault("message", {})
+        message.setdefault("role", "assistant")
+        message.setdefault("content", None)
+        message.setdefault("refusal", None)
+    return data
+
+
+def chat_chunk(data: dict, requested: str) -> dict:
+    """A chat.completion.chunk object, in place."""
+    data["model"] = requested
+    data["object"] = "chat.completion.chunk"
+    for choice in data.get("choices") or ():
+        choice.setdefault("delta", {})
+        choice.setdefault("finish_reason", None)
+    return data
+
+
+def embedding_list(data: dict, requested: str) -> dict:
+    """An embedding list object, in place."""
+    data["model"] = requested
+    data["object"] = "list"
+    for item in data.get("data") or ():
+        item.setdefault("object", "embedding")
+    return data
