@@ -113,8 +113,8 @@ def _preflight(scope) -> HttpResponse:
 
 def _token(scope) -> str:
     headers = dict(scope.get("headers") or [])
-    return bearer_token(headers.get(b"authorization", b"").decode("latin-1"),
-                        headers.get(b"api-key", b"").decode("latin-1"))
+    return bearer_token(*(headers.get(name, b"").decode("latin-1") for name in (b"authorization", b"api-key",
+                                                                                   b"x-api-key")))
 
 
 class GatewayLane(ASGIHandler):

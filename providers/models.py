@@ -112,6 +112,9 @@ class AIModel(models.Model):
     supports_json_mode = models.BooleanField(default=False)
     supports_system_prompt = models.BooleanField(default=True)
     supports_streaming = models.BooleanField(default=True)
+    drop_unsupported_params = models.BooleanField(
+        default=False, help_text="Drop request parameters the model does not support (per LiteLLM) instead of "
+                                 "answering 400 unsupported_parameter.")
     input_cost_per_million = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True,
                                                  help_text="Price per 1M input tokens (empty = LiteLLM's cost map).")
     output_cost_per_million = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True,

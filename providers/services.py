@@ -33,7 +33,7 @@ PROVIDER_FIELDS = ("name", "base_url", "api_version", "capabilities", "instance_
 MODEL_FIELDS = ("model_id", "display_label", "alias", "model_type", "context_window", "max_output_tokens",
                 "supports_vision", "supports_tools", "supports_reasoning", "supports_json_mode",
                 "supports_system_prompt", "supports_streaming", "input_cost_per_million", "output_cost_per_million",
-                "instance_wide", "status")
+                "instance_wide", "status", "drop_unsupported_params")
 CAPABILITY_FLAGS = ("system_prompt", "json_mode", "reasoning", "vision", "tools", "streaming")
 
 ROLE_ACTIONS = {

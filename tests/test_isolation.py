@@ -249,6 +249,8 @@ BODIES: dict[str, Callable[[Side], list[dict]]] = {
     "PATCH /api/v1/ai-providers/{provider_id}/keys/{key_id}": lambda s: [{"label": "relabelled"}],
     "POST /v1/chat/completions": lambda s: [{"model": n, "messages": CHAT, "max_tokens": 5} for n in s.chat_names],
     "POST /v1/embeddings": lambda s: [{"model": n, "input": "hi"} for n in s.embedding_names],
+    "POST /v1/completions": lambda s: [{"model": n, "prompt": "hi", "max_tokens": 5} for n in s.chat_names],
+    "POST /v1/rerank": lambda s: [{"model": n, "query": "hi", "documents": ["a", "b"]} for n in s.embedding_names],
 }
 
 # Answers other than 404 for B's objects, with the reason. The ghost comparison still proves that they do not
@@ -266,6 +268,8 @@ POSITIVE_EXPECTED: dict[str, int] = {
     "POST /api/v1/ai-providers/{provider_id}/models/{model_pk}/tenants/{tenant_id}": 403,  # sysadmin only
     "DELETE /api/v1/ai-providers/{provider_id}/models/{model_pk}/tenants/{tenant_id}": 403,  # sysadmin only
     "DELETE /api/v1/ai-providers/{provider_id}": 409,  # it still has models (force not sent)
+    # A's embedding models found, but not rerank models (model_type_mismatch); B's are 404 model_not_found
+    "POST /v1/rerank": 400,
 }
 
 # Lists whose content belongs to no tenant (the positive control does not look for A's marker in them).

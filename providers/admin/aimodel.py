@@ -75,6 +75,7 @@ class AIModelAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
                                          "supports_reasoning", "supports_json_mode", "supports_system_prompt",
                                          "supports_streaming")}),
             ("Cost", {"fields": ("input_cost_per_million", "output_cost_per_million")}),
+            ("Request parameters", {"fields": ("drop_unsupported_params",)}),
             ("Call parameters (secret)", {"fields": ("model_config_input", "clear_model_config"),
                                           "classes": ("collapse",)}),
         ]

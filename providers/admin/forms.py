@@ -46,6 +46,9 @@ MODEL_HELP = {
     "supports_json_mode": "Supports structured (JSON schema) output.",
     "supports_system_prompt": "Accepts a system message.",
     "supports_streaming": "Can stream its answer.",
+    "drop_unsupported_params": "Off (default): a request with a parameter this model does not support (e.g. n=2 on "
+                               "Anthropic, seed, logprobs) is refused with 400 naming it. On: such parameters are "
+                               "dropped and the call goes ahead.",
     "created_at": "When the model was added.",
     "updated_at": "When the model was last changed.",
     "validate": "Run a tiny real call with exactly this model and record the result.",

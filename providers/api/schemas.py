@@ -102,6 +102,9 @@ class _ModelFields(InSchema):
     supports_json_mode: Optional[bool] = None
     supports_system_prompt: Optional[bool] = None
     supports_streaming: Optional[bool] = None
+    drop_unsupported_params: Optional[bool] = Field(
+        None, description="Drop request parameters the model does not support instead of answering 400 "
+                          "unsupported_parameter (default: false, refuse).")
     input_cost_per_million: Optional[Decimal] = _cost()
     output_cost_per_million: Optional[Decimal] = _cost()
     instance_wide: Optional[bool] = Field(None, description="Offered to everyone who can see the provider.")
@@ -138,6 +141,7 @@ class ModelOut(Schema):
     supports_json_mode: bool
     supports_system_prompt: bool
     supports_streaming: bool
+    drop_unsupported_params: bool
     input_cost_per_million: Optional[Decimal] = Field(..., description="Decimal string; null = LiteLLM's map.")
     output_cost_per_million: Optional[Decimal] = Field(..., description="Decimal string; null = LiteLLM's map.")
     instance_wide: bool

@@ -26,9 +26,15 @@ from providers.gateway.usage import UsageWriter
 log = logging.getLogger("eneo.gateway")
 
 
-def bearer_token(authorization: str, api_key: str = "") -> str:
-    """The API key a /v1 request presents: `Authorization: Bearer <key>`, or Azure's `api-key: <key>`."""
-    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else api_key
+def bearer_token(authorization: str, api_key: str = "", x_api_key: str = "") -> str:
+    """The API key a /v1 request presents: `Authorization: Bearer <key>`, Azure's `api-key: <key>` or Anthropic's
+    `x-api-key: <key>` (what each SDK sends)."""
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else api_key or x_api_key
+
+
+def request_token(request) -> str:
+    headers = request.headers
+    return bearer_token(headers.get("Authorization", ""), headers.get("api-key", ""), headers.get("x-api-key", ""))
 
 
 def endpoint_name(path: str) -> str:

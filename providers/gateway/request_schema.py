@@ -22,7 +22,12 @@ import re
 from pathlib import Path
 
 SCHEMA_FILE = Path(__file__).with_name("openai_request_schemas.json")
-ENDPOINT_SCHEMAS = {"chat.completions": "CreateChatCompletionRequest", "embeddings": "CreateEmbeddingRequest"}
+# /v1 endpoint -> its request schema in OpenAI's document
+ENDPOINT_SCHEMAS = {"chat.completions": "CreateChatCompletionRequest", "embeddings": "CreateEmbeddingRequest",
+                    "completions": "CreateCompletionRequest", "responses": "CreateResponse"}
+# /v1 endpoints outside OpenAI's API -> (a JSON Schema document next to this module, the request schema's name)
+OTHER_SCHEMAS = {"rerank": ("rerank_request_schema.json", "RerankRequest"),
+                 "messages": ("anthropic_request_schema.json", "CreateMessageRequest")}
 
 # Accepted as the API defines them but not passed to LiteLLM, which reads these names for its own purposes.
 NOT_FORWARDED = frozenset({"metadata"})
@@ -87,12 +92,16 @@ def _properties(schemas: dict, name: str) -> frozenset[str]:
 def _validators() -> dict:
     import jsonschema_rs
 
-    document = json.loads(SCHEMA_FILE.read_text())
-    schemas = document["components"]["schemas"]
+    openai = json.loads(SCHEMA_FILE.read_text())
+    sources = {endpoint: (openai, name) for endpoint, name in ENDPOINT_SCHEMAS.items()}
+    for endpoint, (file, name) in OTHER_SCHEMAS.items():
+        path = SCHEMA_FILE.with_name(file)
+        if path.exists():
+            sources[endpoint] = (json.loads(path.read_text()), name)
     out = {}
-    for endpoint, name in ENDPOINT_SCHEMAS.items():
+    for endpoint, (document, name) in sources.items():
         validator = jsonschema_rs.validator_for({"$ref": f"#/components/schemas/{name}", **document})
-        out[endpoint] = (_properties(schemas, name), validator)
+        out[endpoint] = (_properties(document["components"]["schemas"], name), validator)
     return out
 
 

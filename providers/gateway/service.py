@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 from decimal import Decimal
 
 from django.conf import settings
@@ -39,7 +39,7 @@ from providers.choices import ModelType
 from tenants.request_id import current_request_id
 
 from providers.gateway import shapes
-from providers.gateway.request_schema import NOT_FORWARDED, RequestInvalid, validate_request
+from providers.gateway.request_schema import NOT_FORWARDED, REQUEST_ONLY, RequestInvalid, validate_request
 from providers.gateway.shapes import public_name
 from providers.models import AIModel
 from providers.provider_types import litellm_model_name
@@ -124,14 +124,12 @@ def _credential(caller: Caller, model: AIModel):
 
 
 def _call_params(model: AIModel, cred) -> dict:
-    """LiteLLM arguments for this model: the model's stored call settings, then name, endpoint and key (from
-    the credential only), timeouts."""
+    """LiteLLM arguments for this model: name, endpoint and key (from the credential only), timeouts. (The model's
+    stored call settings go under these, in `serve`.)"""
     from providers.llm import call_kwargs
 
-    params = model_settings(model)
-    params.update({"model": qualified_name(model), **call_kwargs(model.provider.provider_type, cred),
-                   "timeout": settings.GATEWAY_TIMEOUT, "num_retries": 0, "max_retries": 0, "drop_params": True})
-    return params
+    return {"model": qualified_name(model), **call_kwargs(model.provider.provider_type, cred),
+            "timeout": settings.GATEWAY_TIMEOUT, "num_retries": 0, "max_retries": 0, "drop_params": True}
 
 
 def _map_upstream(exc: Exception, model: AIModel) -> tuple[GatewayError, bool]:
@@ -335,34 +333,138 @@ def _validated(endpoint: str, body: dict, raw: bytes | None):
         raise GatewayError(400, exc.message, type_="invalid_request_error", param=exc.param, code=exc.code) from None
 
 
-async def chat_completion(caller: Caller, body: dict, raw: bytes | None = None):
-    """Non-streaming: returns the response dict. Streaming: returns an async iterator of SSE bytes.
+# --- one pipeline for every /v1 endpoint -----------------------------------------------------------------------
 
-    `body` holds only what the caller sent (validated here against the public API schema); `raw` is the request
-    body as received, if at hand."""
+class StreamReader:
+    """How one endpoint's stream is relayed: `frame` turns an upstream chunk into the bytes sent to the client
+    (None: nothing to send) and notes what it carried: `usage` (prompt_tokens / completion_tokens), whether the
+    upstream `answered` anything, the text `sent` so far (counted when the provider reports no usage)."""
+
+    done: bytes | None = b"data: [DONE]\n\n"  # the stream's last event, if the format has one
+
+    def __init__(self, body: dict, requested: str):
+        self.body, self.requested = body, requested
+        self.usage: dict = {}
+        self.answered = False
+        self.sent: list[str] = []
+
+    def prepare(self, call_body: dict) -> None:
+        """Adjust the upstream call (e.g. ask for the usage chunk)."""
+
+    def frame(self, chunk) -> bytes | None:
+        raise NotImplementedError
+
+    def error_event(self, error: GatewayError) -> bytes:
+        return f"data: {json.dumps(error.body())}\n\n".encode()
+
+
+def sse(data: dict, event: str | None = None) -> bytes:
+    """One server-sent event."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def dump(response) -> dict:
+    """A LiteLLM response object as a plain dict, without None fields and LiteLLM's private ones."""
+    data = response.model_dump(exclude_none=True) if hasattr(response, "model_dump") else dict(response)
+    data.pop("_hidden_params", None)
+    data.pop("_response_headers", None)
+    return data
+
+
+def openai_usage(data: dict) -> dict:
+    """prompt_tokens / completion_tokens / total_tokens of an OpenAI-style answer (LiteLLM's cost estimate out)."""
+    usage = data.get("usage") or {}
+    usage.pop("cost", None)
+    return usage
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One /v1 endpoint's part in `serve`."""
+
+    endpoint: str  # the usage ledger's name and the request schema's (request_schema.py)
+    model_type: str  # the models that serve it
+    invoke: Callable[[dict, dict], Awaitable]  # (call body, call params) -> LiteLLM's answer or stream
+    shape: Callable[[dict, str], dict]  # a non-streamed answer (dumped) -> the API's shape; `requested` names it
+    usage: Callable[[dict], dict] = openai_usage  # prompt_tokens / completion_tokens of a dumped answer
+    stream: type[StreamReader] | None = None  # None: the endpoint does not stream
+    required: str | None = None  # a field that must not be empty
+    prompt: Callable[[dict], tuple] = lambda body: (body.get("messages"), None)  # (messages, text), for estimates
+    params_checked: str | None = None  # LiteLLM's request type whose supported parameters are enforced
+    model_settings: bool = False  # the model's stored call settings apply
+
+
+def _supported(model: AIModel, request_type: str) -> frozenset | None:
     from providers.llm import litellm
 
-    stream = bool(body.get("stream"))
-    ledger = _Ledger(caller, body.get("model"), "chat.completions", streamed=stream)
-    requested = ledger.requested
     try:
-        _validated("chat.completions", body, raw)
-        candidates = await resolve_models(caller, requested, model_type=ModelType.INFERENCE)
+        found = litellm.get_supported_openai_params(model=qualified_name(model), request_type=request_type)
+    except Exception:  # noqa: BLE001 - a provider LiteLLM cannot tell about: nothing is refused
+        return None
+    return frozenset(found) if found else None
+
+
+def _unsupported(op: Operation, model: AIModel, call_body: dict) -> list[str]:
+    """The caller's parameters this model cannot honour (per LiteLLM's list of the provider's parameters)."""
+    if op.params_checked is None:
+        return []
+    supported = _supported(model, op.params_checked)
+    if supported is None:
+        return []
+    return [k for k in call_body if k not in REQUEST_ONLY and k not in supported]
+
+
+def _able(op: Operation, candidates: list[AIModel], call_body: dict) -> list[AIModel]:
+    """The candidates that can honour every parameter of the call, or drop what they cannot (the model's setting
+    drop_unsupported_params); none: 400 naming the first parameter, so the caller never gets something other
+    than it asked for without a word."""
+    able, refused = [], None
+    for model in candidates:
+        unsupported = _unsupported(op, model, call_body)
+        if not unsupported or model.drop_unsupported_params:
+            able.append(model)
+        elif refused is None:
+            refused = (model, unsupported)
+    if able:
+        return able
+    model, unsupported = refused
+    raise GatewayError(400, f"Model '{public_name(model)}' does not support the parameter(s) {', '.join(unsupported)}. "
+                            f"Leave them out, or ask an operator to let this model drop what it does not support.",
+                       type_="invalid_request_error", param=unsupported[0], code="unsupported_parameter")
+
+
+async def serve(caller: Caller, op: Operation, body: dict, raw: bytes | None = None):
+    """Serve one /v1 call: a dict (the answer), or an async iterator of SSE bytes when it streams.
+
+    `body` holds only what the caller sent (validated here against the endpoint's request schema); `raw` is the
+    request body as received, if at hand."""
+    stream = op.stream is not None and bool(body.get("stream"))
+    ledger = _Ledger(caller, body.get("model"), op.endpoint, streamed=stream)
+    try:
+        _validated(op.endpoint, body, raw)
+        candidates = await resolve_models(caller, ledger.requested, model_type=op.model_type)
         await _check_budget(caller)
         call_body = _forwarded(body)
-        if not call_body.get("messages"):
-            raise GatewayError(400, "'messages' must be a non-empty list.", type_="invalid_request_error",
-                               param="messages")
+        if op.required and not call_body.get(op.required):
+            raise GatewayError(400, f"'{op.required}' must not be empty.", type_="invalid_request_error",
+                               param=op.required, code="invalid_value")
+        candidates = _able(op, candidates, call_body)
     except GatewayError as error:
         ledger.failed(error)  # refused
         raise
-    wants_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else True
-    if stream:
-        call_body["stream_options"] = {"include_usage": True}
+    reader = op.stream(body, ledger.requested) if stream else None
+    if reader is not None:
+        reader.prepare(call_body)
 
     async def call(model, params):
         ledger.tried.append(model)
-        response = await litellm.acompletion(**call_body, **params)
+        sent = call_body
+        if model.drop_unsupported_params and (unsupported := _unsupported(op, model, call_body)):
+            sent = {k: v for k, v in call_body.items() if k not in unsupported}
+        if op.model_settings:
+            params = {**model_settings(model), **params}
+        response = await op.invoke(sent, params)
         if not stream:
             return response
         iterator = response.__aiter__()
@@ -370,53 +472,37 @@ async def chat_completion(caller: Caller, body: dict, raw: bytes | None = None):
         return iterator, first
 
     if not stream:
-        return await _even_if_closed(ledger, _complete(ledger, candidates, call, shapes.chat_completion))
+        return await _even_if_closed(ledger, _complete(ledger, op, candidates, call))
     try:
-        model, result, lease = await _attempts(caller, candidates, call, hold=stream)
+        model, result, lease = await _attempts(caller, candidates, call, hold=True)
     except GatewayError as error:
         ledger.failed(error)
         raise
     except asyncio.CancelledError:  # the client went away before the stream began: the upstream had the prompt
         if ledger.tried:
             model = ledger.tried[-1]
+            messages, text = op.prompt(call_body)
             ledger.write(model, status=CLIENT_CLOSED, http_status=CLIENT_CLOSED_HTTP_STATUS, estimated=True,
-                         tokens_in=await estimate_tokens(model.model_id, messages=call_body["messages"]))
+                         tokens_in=await estimate_tokens(model.model_id, messages=messages, text=text))
         raise
     iterator, first = result
-    return _sse(ledger, model, iterator, first, wants_usage, lease, call_body["messages"])
+    return _relay(ledger, op, model, iterator, first, lease, reader, call_body)
 
 
-async def _complete(ledger: _Ledger, candidates: list[AIModel], call, shape) -> dict:
-    """A non-streamed answer (chat or embeddings): the upstream call, then its record; `shape` puts the answer
-    in the spec's shape (providers.gateway.shapes)."""
+async def _complete(ledger: _Ledger, op: Operation, candidates: list[AIModel], call) -> dict:
+    """A non-streamed answer: the upstream call, then its record, then the answer in the API's shape."""
     caller = ledger.caller
     try:
         model, response, _ = await _attempts(caller, candidates, call)
     except GatewayError as error:
         ledger.failed(error)
         raise
-    data = response.model_dump(exclude_none=True)
-    data.pop("_hidden_params", None)
-    usage = data.get("usage") or {}
-    usage.pop("cost", None)  # LiteLLM's estimate; our cost comes from the model's prices
+    data = dump(response)
+    usage = op.usage(data)
     ledger.answered(model, usage)
     await caller.gateway.limiter.add_tokens(model.provider,
                                             usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
-    return shape(data, ledger.requested)
-
-
-def _is_usage_only(data: dict) -> bool:
-    return all(not c.get("delta") and not c.get("finish_reason") for c in data.get("choices") or [])
-
-
-def _collect(delta: dict, sent: list):
-    """The generated text of a chunk's delta (content, reasoning, tool calls), for counting it if need be."""
-    for key in ("content", "reasoning_content"):
-        if text := delta.get(key):
-            sent.append(text)
-    for tool_call in delta.get("tool_calls") or ():
-        function = tool_call.get("function") or {}
-        sent.append(f"{function.get('name') or ''}{function.get('arguments') or ''}")
+    return op.shape(data, ledger.requested)
 
 
 async def _close_upstream(iterator):
@@ -428,58 +514,46 @@ async def _close_upstream(iterator):
             pass
 
 
-async def _sse(ledger: _Ledger, model, iterator, first, wants_usage, lease, messages):
-    """Relay chunks as OpenAI sends them: `data: {chunk}` lines, a usage-only chunk with empty choices when the
-    caller asked for usage, then `data: [DONE]`. The provider's concurrency `lease` ends with the stream (done,
-    failed, or the client went away and the generator was closed).
+async def _relay(ledger: _Ledger, op: Operation, model, iterator, first, lease, reader: StreamReader, call_body):
+    """Relay a stream as the endpoint's format has it (`reader`). The provider's concurrency `lease` ends with the
+    stream (done, failed, or the client went away and the generator was closed).
 
-    The record counts what was delivered: the provider's usage chunk, or, when none came (the client went away,
-    the stream broke, the provider sends none), LiteLLM's count of the prompt and of the text sent (estimated).
-    A stream in which nothing came from the upstream (an unreadable body: LiteLLM then yields only its own
-    closing chunks) ends with an error event, recorded as an upstream error."""
+    The record counts what was delivered: the provider's usage, or, when none came (the client went away, the
+    stream broke, the provider sends none), LiteLLM's count of the prompt and of the text sent (estimated). A
+    stream in which nothing came from the upstream (an unreadable body: LiteLLM then yields only its own closing
+    chunks) ends with an error event, recorded as an upstream error."""
     caller = ledger.caller
     ttft = int((time.monotonic() - ledger.started) * 1000)
-    usage = {}
-    sent: list[str] = []  # the generated text relayed so far (counted only if the provider reports no usage)
-    answered = False  # a chunk carried something from the upstream
     status, error_type, http_status = OK, "", 200
     try:
         chunk = first
         while True:
-            data = shapes.chat_chunk(chunk.model_dump(exclude_none=True), ledger.requested)
-            chunk_usage = data.pop("usage", None)
-            if chunk_usage:
-                chunk_usage.pop("cost", None)
-                usage = chunk_usage
-            if chunk_usage and _is_usage_only(data):
-                if wants_usage:
-                    yield f"data: {json.dumps({**data, 'choices': [], 'usage': chunk_usage}, separators=(',', ':'))}\n\n".encode()
-            else:
-                for choice in data.get("choices") or ():
-                    if delta := choice.get("delta"):
-                        answered = True
-                        _collect(delta, sent)
-                yield f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+            out = reader.frame(chunk)
+            if out:
+                yield out
             try:
                 chunk = await iterator.__anext__()
             except StopAsyncIteration:
                 break
-        if not answered and not usage:
-            raise GatewayError(502, f"The provider of '{public_name(model)}' sent an answer that could "
-                                    f"not be read.", type_="api_error", code="upstream_malformed")
-        yield b"data: [DONE]\n\n"
+        if not reader.answered and not reader.usage:
+            raise GatewayError(502, f"The provider of '{public_name(model)}' sent an answer that could not be read.",
+                               type_="api_error", code="upstream_malformed")
+        if reader.done:
+            yield reader.done
     except (asyncio.CancelledError, GeneratorExit):  # the client went away: the lane cancelled us, or closed us
         status, http_status = CLIENT_CLOSED, CLIENT_CLOSED_HTTP_STATUS
         raise
     except Exception as exc:  # noqa: BLE001 - the stream already started: report in-band, masked
         error = exc if isinstance(exc, GatewayError) else _map_upstream(exc, model)[0]
         status, error_type, http_status = ERROR, error.code or "stream_error", error.status
-        yield f"data: {json.dumps(error.body())}\n\n".encode()
+        yield reader.error_event(error)
     finally:
-        estimated = not usage and bool(sent or status == CLIENT_CLOSED)
+        usage = reader.usage
+        estimated = not usage and bool(reader.sent or status == CLIENT_CLOSED)
         if estimated:
-            usage = {"prompt_tokens": await estimate_tokens(model.model_id, messages=messages),
-                     "completion_tokens": await estimate_tokens(model.model_id, text="".join(sent))}
+            messages, text = op.prompt(call_body)
+            usage = {"prompt_tokens": await estimate_tokens(model.model_id, messages=messages, text=text),
+                     "completion_tokens": await estimate_tokens(model.model_id, text="".join(reader.sent))}
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         ledger.write(model, status=status, http_status=http_status, error_type=error_type,
                      tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"), ttft_ms=ttft,
@@ -490,28 +564,94 @@ async def _sse(ledger: _Ledger, model, iterator, first, wants_usage, lease, mess
         await lease.release()
 
 
-async def embeddings(caller: Caller, body: dict, raw: bytes | None = None) -> dict:
+# --- chat completions, completions, embeddings, rerank ----------------------------------------------------------
+
+class ChatStream(StreamReader):
+    """chat.completion.chunk events as OpenAI sends them, a usage-only chunk with empty choices when the caller
+    asked for usage, then [DONE]."""
+
+    def prepare(self, call_body):
+        self.wants_usage = bool((self.body.get("stream_options") or {}).get("include_usage"))
+        call_body["stream_options"] = {"include_usage": True}  # for the ledger, whatever the caller wants
+
+    def frame(self, chunk):
+        data = self.shape(dump(chunk))
+        usage = data.pop("usage", None)
+        if usage:
+            usage.pop("cost", None)
+            self.usage = usage
+        if usage and all(not c.get("delta") and not c.get("finish_reason") for c in data.get("choices") or ()):
+            return sse({**data, "choices": [], "usage": usage}) if self.wants_usage else None
+        for choice in data.get("choices") or ():
+            self.take(choice)
+        return sse(data)
+
+    def shape(self, data: dict) -> dict:
+        return shapes.chat_chunk(data, self.requested)
+
+    def take(self, choice: dict):
+        if delta := choice.get("delta"):
+            self.answered = True
+            for key in ("content", "reasoning_content"):
+                if text := delta.get(key):
+                    self.sent.append(text)
+            for tool_call in delta.get("tool_calls") or ():
+                function = tool_call.get("function") or {}
+                self.sent.append(f"{function.get('name') or ''}{function.get('arguments') or ''}")
+
+
+class CompletionStream(ChatStream):
+    """text_completion chunks (the legacy completions API): the same framing as chat, text in choices[].text."""
+
+    def shape(self, data: dict) -> dict:
+        return shapes.text_completion(data, self.requested)
+
+    def take(self, choice: dict):
+        if text := choice.get("text"):
+            self.answered = True
+            self.sent.append(text)
+
+
+def _chat(body, params):
     from providers.llm import litellm
 
-    ledger = _Ledger(caller, body.get("model"), "embeddings")
-    try:
-        _validated("embeddings", body, raw)
-        candidates = await resolve_models(caller, ledger.requested, model_type=ModelType.EMBEDDING)
-        await _check_budget(caller)
-        inp = body.get("input")
-        if not (isinstance(inp, str) and inp) and not (isinstance(inp, list) and inp):
-            raise GatewayError(400, "'input' must be a non-empty string or list.", type_="invalid_request_error",
-                               param="input")
-    except GatewayError as error:
-        ledger.failed(error)  # refused
-        raise
-    call_body = _forwarded(body)
+    return litellm.acompletion(**body, **params)
 
-    async def call(model, params):
-        ledger.tried.append(model)
-        return await litellm.aembedding(**call_body, **params)
 
-    return await _even_if_closed(ledger, _complete(ledger, candidates, call, shapes.embedding_list))
+def _text_completion(body, params):
+    from providers.llm import litellm
+
+    return litellm.atext_completion(**body, **params)
+
+
+def _embedding(body, params):
+    from providers.llm import litellm
+
+    return litellm.aembedding(**body, **params)
+
+
+def _rerank(body, params):
+    from providers.llm import litellm
+
+    return litellm.arerank(**body, **params)
+
+
+def _rerank_usage(data: dict) -> dict:
+    billed = (data.get("meta") or {}).get("billed_units") or {}
+    tokens = int(billed.get("total_tokens") or billed.get("input_tokens") or 0)
+    return {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens}
+
+
+CHAT = Operation("chat.completions", ModelType.INFERENCE, _chat, shapes.chat_completion, stream=ChatStream,
+                 required="messages", params_checked="chat_completion", model_settings=True)
+COMPLETIONS = Operation("completions", ModelType.INFERENCE, _text_completion, shapes.text_completion,
+                        stream=CompletionStream, required="prompt",
+                        prompt=lambda body: (None, body["prompt"] if isinstance(body["prompt"], str) else
+                                             " ".join(p for p in body["prompt"] if isinstance(p, str))))
+# (LiteLLM's lists of embedding parameters are not reliable: OpenAI's is its chat list; they are not enforced.)
+EMBEDDINGS = Operation("embeddings", ModelType.EMBEDDING, _embedding, shapes.embedding_list, required="input",
+                       model_settings=True)
+RERANK = Operation("rerank", ModelType.RERANK, _rerank, shapes.rerank, usage=_rerank_usage, required="documents")
 
 
 async def models_for(caller: Caller) -> list[dict]:

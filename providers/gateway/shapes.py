@@ -44,3 +44,26 @@ def embedding_list(data: dict, requested: str) -> dict:
     for item in data.get("data") or ():
         item.setdefault("object", "embedding")
     return data
+
+
+def text_completion(data: dict, requested: str) -> dict:
+    """A text_completion object (the legacy completions API; chunks have the same shape), in place."""
+    data["model"] = requested
+    data["object"] = "text_completion"
+    for choice in data.get("choices") or ():
+        choice.setdefault("text", "")
+        choice.setdefault("logprobs", None)
+        choice.setdefault("finish_reason", None)
+    return data
+
+
+def rerank(data: dict, requested: str) -> dict:
+    """Cohere's rerank answer (which Jina's and vLLM's clients read too): id, results sorted by relevance, meta;
+    plus the model, named as asked."""
+    results = [{k: v for k, v in r.items() if k in ("index", "relevance_score", "document")}
+               for r in data.get("results") or ()]
+    answer = {"id": data.get("id") or "", "model": requested, "results": results, "meta": data.get("meta") or {}}
+    billed = answer["meta"].get("billed_units") or {}
+    if billed.get("total_tokens"):
+        answer["usage"] = {"total_tokens": billed["total_tokens"]}
+    return answer
