@@ -76,6 +76,38 @@ def test_every_stream_event_conforms(gateway, upstream, world, model, include_us
     assert [bool(e.get("usage")) for e in events if not e["choices"]] == ([True] if include_usage else [])
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.mark.parametrize("model", ["fast", "azure/gpt4o-deploy"])
+def test_tool_calls_round_trip_with_the_official_client(gateway, upstream, world, model):
+    client = openai_client(gateway, world["key"])
+    asked = [{"role": "user", "content": "Weather in Paris?"}]
+    first = client.chat.completions.create(model=model, messages=asked, tools=[WEATHER])
+    assert_answer("chat.completions", first.model_dump(exclude_unset=True))
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city": "Paris"}')
+    assert upstream.last_request()["json"]["tools"] == [WEATHER]
+
+    followed = asked + [choice.message.model_dump(exclude_none=True),
+                        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}]
+    second = client.chat.completions.create(model=model, messages=followed, tools=[WEATHER])
+    assert second.choices[0].message.content == "Hello from fake upstream"
+
+    lines = stream_lines(gateway, world, "/v1/chat/completions",
+                         {"model": model, "messages": asked, "tools": [WEATHER], "stream": True})
+    events = sse_events(lines)
+    assert_stream("chat.completions", events)
+    pieces = [t for e in events for c in e["choices"] for t in c["delta"].get("tool_calls") or ()]
+    assert pieces[0]["function"]["name"] == "get_weather"
+    assert "".join(p["function"].get("arguments") or "" for p in pieces) == '{"city": "Paris"}'
+    assert [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]] == ["tool_calls"]
+
+
 def test_embeddings_and_model_list_conform(gateway, upstream, world):
     r = post(gateway, world, "/v1/embeddings", {"model": "embed", "input": ["one", "two"]})
     assert r.status_code == 200, r.text

@@ -346,6 +346,27 @@ def _redirect(request: web.Request, fault: Fault) -> web.Response:
 # --- OpenAI / Azure ------------------------------------------------------------------------------------------
 
 
+def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """With function tools offered (and tool_choice not "none"), the model calls the first one (or the one
+    tool_choice names), with a value for each required parameter; once the conversation holds a tool result it
+    answers in text."""
+    tools = [t for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
+    choice = body.get("tool_choice")
+    if not tools or choice == "none" or any(m.get("role") == "tool" for m in body.get("messages") or ()
+                                            if isinstance(m, dict)):
+        return None
+    tool = tools[0]
+    if isinstance(choice, dict):
+        wanted = (choice.get("function") or {}).get("name")
+        tool = next((t for t in tools if t["function"].get("name") == wanted), tool)
+    function = tool.get("function") or {}
+    schema = function.get("parameters") or {}
+    arguments = {name: "Paris" if (schema.get("properties") or {}).get(name, {}).get("type") == "string" else 1
+                 for name in schema.get("required") or ()}
+    return {"id": f"call_fake{next(_ids)}", "type": "function",
+            "function": {"name": function.get("name", ""), "arguments": json.dumps(arguments)}}
+
+
 async def chat_completions(request: web.Request, model: str | None = None) -> web.StreamResponse:
     body = request["body"]
     if (bad := _check_request(request, body, "messages", *(() if model else ("model",)))) is not None:
@@ -355,10 +376,14 @@ async def chat_completions(request: web.Request, model: str | None = None) -> we
     base = {"id": f"chatcmpl-fake{next(_ids)}", "created": int(time.time()), "model": model, "system_fingerprint": None}
     prompt, completion = _prompt_tokens(body), len(state.reply.split())
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    call = _tool_call(body)
     if not body.get("stream"):
         await _latency(request)
         message = {"role": "assistant", "content": state.reply, "refusal": None}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+        if call is not None:
+            message.update(content=None, tool_calls=[call])
+        choice = {"index": 0, "message": message, "logprobs": None,
+                  "finish_reason": "stop" if call is None else "tool_calls"}
         return web.json_response({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
 
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -368,6 +393,19 @@ async def chat_completions(request: web.Request, model: str | None = None) -> we
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return _sse({**base, "object": "chat.completion.chunk", "choices": [choice], **extra})
 
+    if call is not None:  # the call's id and name first, then its arguments in two pieces, as OpenAI streams them
+        arguments = call["function"]["arguments"]
+        head = {"index": 0, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        events = [chunk({"role": "assistant", "content": None, "tool_calls": [head]})]
+        half = len(arguments) // 2
+        events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+                   for part in (arguments[:half], arguments[half:])]
+        events.append(chunk({}, "tool_calls"))
+        if include_usage:
+            events.append(_sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}))
+        events.append(_sse("[DONE]"))
+        return await _stream(request, events)
     events = [chunk({"role": "assistant", "content": ""})]
     events += [chunk({"content": piece}) for piece in _pieces(state.reply)]
     events.append(chunk({}, "stop"))
