@@ -1,13 +1,17 @@
 """Gateway benchmark: direct calls vs our gateway vs the LiteLLM Proxy, against the same fake upstream.
 
     .venv/bin/python bench/gateway_bench.py [--requests 2000] [--concurrency 32] [--upstream-latency-ms 20]
+                                            [--endpoint chat|responses|messages]
 
 Starts, on 127.0.0.1 only: the fake upstream (tests/fake_upstream), our ASGI app under uvicorn (one worker,
 SQLite in a temp dir), and the LiteLLM Proxy from its own virtualenv (bench/.venv-proxy, see README.md),
-both with one worker and pointing at the same upstream. For non-streaming and streaming chat completions it
+both with one worker and pointing at the same upstream. For non-streaming and streaming calls of one endpoint
+(chat completions by default; OpenAI's Responses API, or Anthropic's Messages API, which both servers answer
+for an OpenAI model through LiteLLM's adapter) it
 runs a warm-up, then N requests at the given concurrency per target, and prints requests/s, p50/p99 latency,
 the latency added over a direct call, errors, and the server's CPU time per request (user+system CPU of the
-server process tree divided by requests). Results are also written to bench/results/gateway.json.
+server process tree divided by requests). Results are also written to bench/results/gateway.json (chat) or
+bench/results/gateway-<endpoint>.json.
 """
 from __future__ import annotations
 
@@ -31,6 +35,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark"}]
+
+# endpoint -> (path, request body for a model, bytes a complete non-streamed answer holds, a stream's last event)
+ENDPOINTS = {
+    "chat": ("/v1/chat/completions", lambda model, stream: {"model": model, "messages": MESSAGES, "max_tokens": 16,
+                                                            "stream": stream}, b'"choices"', b"data: [DONE]"),
+    "responses": ("/v1/responses", lambda model, stream: {"model": model, "input": MESSAGES[0]["content"],
+                                                          "max_output_tokens": 16, "stream": stream},
+                  b'"output"', b"event: response.completed"),
+    "messages": ("/v1/messages", lambda model, stream: {"model": model, "messages": MESSAGES, "max_tokens": 16,
+                                                        "stream": stream}, b'"content"', b"event: message_stop"),
+}
 
 
 def free_port() -> int:
@@ -139,25 +154,26 @@ def proxy_config(tmp: Path, upstream: str) -> Path:
     return cfg
 
 
-async def one_request(session, url, headers, body, stream) -> tuple[float, bool]:
+async def one_request(session, url, headers, body, stream, endpoint="chat") -> tuple[float, bool]:
+    _, _, complete, last = ENDPOINTS[endpoint]
     started = time.perf_counter()
     try:
         async with session.post(url, json=body, headers=headers) as r:
             if stream:
                 ok_done = False
                 async for line in r.content:
-                    if line.startswith(b"data: [DONE]"):
+                    if line.startswith(last):
                         ok_done = True
                 ok = r.status == 200 and ok_done
             else:
                 data = await r.read()
-                ok = r.status == 200 and b'"choices"' in data
+                ok = r.status == 200 and complete in data
     except Exception:  # noqa: BLE001
         ok = False
     return time.perf_counter() - started, ok
 
 
-async def run_load(url, headers, body, *, n, concurrency, stream):
+async def run_load(url, headers, body, *, n, concurrency, stream, endpoint):
     latencies, errors = [], 0
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -166,7 +182,7 @@ async def run_load(url, headers, body, *, n, concurrency, stream):
         async def worker():
             nonlocal errors
             for _ in queue:
-                latency, ok = await one_request(session, url, headers, body, stream)
+                latency, ok = await one_request(session, url, headers, body, stream, endpoint)
                 latencies.append(latency)
                 errors += 0 if ok else 1
 
@@ -181,16 +197,17 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def measure(name, target, *, n, concurrency, stream, warmup):
-    url, headers, pid = target["url"], target["headers"], target.get("pid")
-    body = {"model": target["model"], "messages": MESSAGES, "max_tokens": 16, "stream": stream}
-    asyncio.run(run_load(url, headers, body, n=warmup, concurrency=concurrency, stream=stream))
+def measure(name, target, *, n, concurrency, stream, warmup, endpoint="chat"):
+    path, make_body, _, _ = ENDPOINTS[endpoint]
+    url, headers, pid = target["base"] + path, target["headers"], target.get("pid")
+    body = make_body(target["model"], stream)
+    asyncio.run(run_load(url, headers, body, n=warmup, concurrency=concurrency, stream=stream, endpoint=endpoint))
     cpu0 = tree_cpu_seconds(pid) if pid else 0.0
     latencies, errors, elapsed = asyncio.run(run_load(url, headers, body, n=n, concurrency=concurrency,
-                                                      stream=stream))
+                                                      stream=stream, endpoint=endpoint))
     cpu1 = tree_cpu_seconds(pid) if pid else 0.0
     return {
-        "target": name, "stream": stream, "requests": n, "concurrency": concurrency, "errors": errors,
+        "target": name, "endpoint": endpoint, "stream": stream, "requests": n, "concurrency": concurrency, "errors": errors,
         "rps": round(n / elapsed, 1), "p50_ms": round(pct(latencies, 50) * 1000, 2),
         "p99_ms": round(pct(latencies, 99) * 1000, 2), "mean_ms": round(statistics.mean(latencies) * 1000, 2),
         "server_cpu_ms_per_request": round((cpu1 - cpu0) * 1000 / n, 2) if pid else None,
@@ -206,6 +223,7 @@ def main():
     parser.add_argument("--proxy-venv", default=str(ROOT / "bench" / ".venv-proxy"))
     parser.add_argument("--skip-proxy", action="store_true")
     parser.add_argument("--only", choices=["nonstream", "stream"], default=None)
+    parser.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="chat")
     args = parser.parse_args()
 
     procs = []
@@ -226,9 +244,10 @@ def main():
             procs.append(gw)
             wait_http(f"http://127.0.0.1:{gw_port}/healthz")
             targets = {
-                "direct": {"url": upstream + "/v1/chat/completions", "model": "gpt-4o-mini",
-                           "headers": {"Authorization": "Bearer sk-bench-upstream-key-0001"}},
-                "gateway": {"url": f"http://127.0.0.1:{gw_port}/v1/chat/completions", "model": "fast",
+                "direct": {"base": upstream, "model": "gpt-4o-mini",
+                           "headers": {"Authorization": "Bearer sk-bench-upstream-key-0001",
+                                       "x-api-key": "sk-bench-upstream-key-0001"}},
+                "gateway": {"base": f"http://127.0.0.1:{gw_port}", "model": "fast",
                             "headers": {"Authorization": f"Bearer {api_key}"}, "pid": gw.pid},
             }
             proxy_version = None
@@ -245,8 +264,7 @@ def main():
                                 "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "True"}, log=px_log)
                 procs.append(px)
                 wait_http(f"http://127.0.0.1:{px_port}/health/liveliness", timeout=180)
-                targets["litellm-proxy"] = {"url": f"http://127.0.0.1:{px_port}/v1/chat/completions",
-                                            "model": "fast", "pid": px.pid,
+                targets["litellm-proxy"] = {"base": f"http://127.0.0.1:{px_port}", "model": "fast", "pid": px.pid,
                                             "headers": {"Authorization": "Bearer sk-bench-master-key"}}
             elif not args.skip_proxy:
                 print(f"(LiteLLM Proxy not installed at {proxy_bin}: see bench/README.md; skipping it)")
@@ -254,7 +272,7 @@ def main():
             for stream in modes:
                 for name, target in targets.items():
                     res = measure(name, target, n=args.requests, concurrency=args.concurrency, stream=stream,
-                                  warmup=args.warmup)
+                                  warmup=args.warmup, endpoint=args.endpoint)
                     results.append(res)
                     print(json.dumps(res), flush=True)
         finally:
@@ -275,7 +293,8 @@ def main():
               f"{res['errors']:>8}{'' if cpu is None else cpu:>12}")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "gateway.json").write_text(json.dumps({
+    name = "gateway.json" if args.endpoint == "chat" else f"gateway-{args.endpoint}.json"
+    (out / name).write_text(json.dumps({
         "when": time.strftime("%Y-%m-%d %H:%M:%S"), "litellm_proxy_version": proxy_version,
         "upstream_latency_ms": args.upstream_latency_ms, "results": results}, indent=2))
 

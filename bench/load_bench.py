@@ -52,7 +52,7 @@ async def mixed(url, headers, n, concurrency, stream_share):
             for i in queue:
                 stream = (i % 100) < stream_share * 100
                 body = {"model": "fast", "messages": gb.MESSAGES, "max_tokens": 16, "stream": stream}
-                _, ok = await gb.one_request(session, url, headers, body, stream)
+                _, ok = await gb.one_request(session, url, headers, body, stream, "chat")
                 errors += 0 if ok else 1
 
         t0 = time.perf_counter()
