@@ -20,6 +20,8 @@ from credentials.egress import EgressTransport, PolicyResolver, SyncEgressTransp
 
 litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners on stdout
 litellm.telemetry = False
+litellm.disable_hf_tokenizer_download = True  # never fetch a tokenizer from HuggingFace at run time (it blocked
+# the event loop ~45 s when pricing a llama stream); token counts fall back to LiteLLM's default encoding
 litellm.success_callback, litellm.failure_callback, litellm.callbacks = [], [], []
 
 

@@ -82,7 +82,9 @@ def test_completions_refusals_are_openai_shaped(gateway, upstream, world):
     for body, status, code in (({"model": "fast", "prompt": ""}, 400, "invalid_value"),
                                ({"model": "fast", "prompt": "x", "api_base": "http://evil"}, 400,
                                 "unknown_parameter"),
-                               ({"model": "nope", "prompt": "x"}, 404, "model_not_found")):
+                               ({"model": "nope", "prompt": "x"}, 404, "model_not_found"),
+                               ({"model": "fast", "prompt": [[1, 2, 3]]}, 400, "unsupported_parameter"),
+                               ({"model": "fast", "prompt": [[False]]}, 400, "invalid_value")):
         r = httpx.post(gateway.url + "/v1/completions", json=body, headers=world["headers"])
         assert r.status_code == status, r.text
         assert_answer("error", r.json())

@@ -15,7 +15,7 @@ from django.http import HttpResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from tenants.parsers import JsonParser, body_error
 
@@ -31,6 +31,7 @@ from providers.gateway.http import (
     requested_model,
     served,
 )
+from providers.gateway.responses import router as responses_router
 from providers.gateway.service import CHAT, COMPLETIONS, EMBEDDINGS, RERANK, GatewayError, models_for
 
 log = logging.getLogger("eneo.gateway")
@@ -45,6 +46,7 @@ openai_api = NinjaAPI(
     docs_url="/docs",
     parser=JsonParser(),
 )
+openai_api.add_router("", responses_router)  # POST /v1/responses (providers/gateway/responses.py)
 
 
 class ChatCompletionIn(BaseModel):
@@ -71,7 +73,7 @@ class CompletionIn(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     model: ModelName
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: Union[str, list[str], list[StrictInt], list[list[StrictInt]]]
     stream: Optional[bool] = False
 
 

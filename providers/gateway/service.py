@@ -392,6 +392,7 @@ class Operation:
     required: str | None = None  # a field that must not be empty
     prompt: Callable[[dict], tuple] = lambda body: (body.get("messages"), None)  # (messages, text), for estimates
     params_checked: str | None = None  # LiteLLM's request type whose supported parameters are enforced
+    check: Callable[[dict], None] | None = None  # raises GatewayError for a request the endpoint cannot honour
     model_settings: bool = False  # the model's stored call settings apply
 
 
@@ -443,6 +444,8 @@ async def serve(caller: Caller, op: Operation, body: dict, raw: bytes | None = N
     ledger = _Ledger(caller, body.get("model"), op.endpoint, streamed=stream)
     try:
         _validated(op.endpoint, body, raw)
+        if op.check is not None:
+            op.check(body)
         candidates = await resolve_models(caller, ledger.requested, model_type=op.model_type)
         await _check_budget(caller)
         call_body = _forwarded(body)
@@ -644,8 +647,17 @@ def _rerank_usage(data: dict) -> dict:
 
 CHAT = Operation("chat.completions", ModelType.INFERENCE, _chat, shapes.chat_completion, stream=ChatStream,
                  required="messages", params_checked="chat_completion", model_settings=True)
+def _text_prompt(body: dict):
+    """Prompts as text: LiteLLM cannot pass token ids on (it fails inside its chat bridge), so they are refused."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and any(not isinstance(p, str) for p in prompt):
+        raise GatewayError(400, "Token-id prompts are not supported by this gateway: send the prompt as text (a "
+                                "string or a list of strings).", type_="invalid_request_error", param="prompt",
+                           code="unsupported_parameter")
+
+
 COMPLETIONS = Operation("completions", ModelType.INFERENCE, _text_completion, shapes.text_completion,
-                        stream=CompletionStream, required="prompt",
+                        stream=CompletionStream, required="prompt", check=_text_prompt,
                         prompt=lambda body: (None, body["prompt"] if isinstance(body["prompt"], str) else
                                              " ".join(p for p in body["prompt"] if isinstance(p, str))))
 # (LiteLLM's lists of embedding parameters are not reliable: OpenAI's is its chat list; they are not enforced.)
