@@ -217,3 +217,16 @@ def test_stream_dropped_midway_ends_with_an_error_event(gateway, upstream, world
     assert events[-1]["type"] == "error" and events[-1]["sequence_number"] == len(events) - 1
     [row] = usage_rows(gateway)
     assert (row.status, row.streamed) == ("error", True)
+
+
+def test_a_stream_the_provider_reports_failed_is_recorded_as_an_error():
+    """response.failed is relayed to the client as OpenAI sends it, and the ledger records an upstream error."""
+    from providers.gateway.responses import ResponsesStream
+
+    reader = ResponsesStream({"model": "fast", "input": "hi"}, "fast")
+    failed = {"type": "response.failed", "response": {
+        "id": "resp_1", "object": "response", "created_at": 1, "status": "failed", "model": "gpt-4o-mini",
+        "output": [], "error": {"code": "server_error", "message": "The model failed."}}}
+    event = reader.frame(failed)
+    assert event.startswith(b"event: response.failed\n") and b'"model":"fast"' in event
+    assert reader.failed == "server_error"

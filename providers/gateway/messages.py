@@ -107,9 +107,9 @@ def _parse(raw: bytes) -> dict | None:
     return event
 
 
-# LiteLLM's adapter writes an exception into its error event as text: "litellm.APIConnectionError: AzureException
-# APIConnectionError - Connection error." -> "Connection error."
-_LIBRARY_PREFIX = re.compile(r"^\s*(?:litellm\.\w+:\s*)?(?:\w+Exception(?:\s+\w+Error)?\s*-\s*)?")
+# LiteLLM's adapter writes an exception into its error event as text: "litellm.MidStreamFallbackError:
+# litellm.APIConnectionError: AzureException APIConnectionError - Connection error." -> "Connection error."
+_LIBRARY_PREFIX = re.compile(r"^\s*(?:litellm\.\w+:\s*)*(?:\w+Exception(?:\s+\w+Error)?\s*-\s*)?")
 
 
 def _checked(event: dict) -> dict:

@@ -198,6 +198,8 @@ class ResponsesStream(StreamReader):
             if kind in _TERMINAL:
                 self.usage = ledger_usage(response) or self.usage
                 self.answered = True
+            if kind == "response.failed":
+                self.failed = str((response.get("error") or {}).get("code") or "upstream_failed")
         output_item(data.get("item"))
         content_part(data.get("part"))
         if kind in _WITH_LOGPROBS:

@@ -347,6 +347,7 @@ class StreamReader:
         self.usage: dict = {}
         self.answered = False
         self.sent: list[str] = []
+        self.failed = ""  # the upstream reported in-band that the call failed: its error code, for the ledger
 
     def prepare(self, call_body: dict) -> None:
         """Adjust the upstream call (e.g. ask for the usage chunk)."""
@@ -541,6 +542,8 @@ async def _relay(ledger: _Ledger, op: Operation, model, iterator, first, lease, 
         if not reader.answered and not reader.usage:
             raise GatewayError(502, f"The provider of '{public_name(model)}' sent an answer that could not be read.",
                                type_="api_error", code="upstream_malformed")
+        if reader.failed:
+            status, error_type, http_status = ERROR, reader.failed[:60], 502
         if reader.done:
             yield reader.done
     except (asyncio.CancelledError, GeneratorExit):  # the client went away: the lane cancelled us, or closed us
