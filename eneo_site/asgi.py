@@ -36,6 +36,7 @@ from django.http import HttpResponse, JsonResponse  # noqa: E402
 from django.urls import Resolver404, resolve  # noqa: E402
 
 from providers.gateway.core import bearer_token  # noqa: E402
+from providers.gateway.messages import anthropic_error_response, is_messages_path  # noqa: E402
 from tenants.request_id import current_request_id, request_id_from  # noqa: E402
 from tenants.throttle import scope_address  # noqa: E402
 
@@ -164,6 +165,8 @@ class GatewayLane(ASGIHandler):
         request_id = request_id_from(request.headers.get("X-Request-Id"))
         current_request_id.set(request_id)  # this task's context: the call, its stream, its usage record, its logs
         response = await self._preparse(request) or await self._respond(request)
+        if response.status_code >= 400 and is_messages_path(request.path):  # Anthropic's API, Anthropic's errors
+            response = anthropic_error_response(response)
         for header, value in _security_headers(request.scope).items():
             response.headers.setdefault(header, value)
         response["X-Request-Id"] = request_id
@@ -278,6 +281,8 @@ class BodyLimit:
                                             "request_too_large")
         else:
             response = JsonResponse({"detail": too_large_message()}, status=413)
+        if is_messages_path(scope["path"]):
+            response = anthropic_error_response(response)
         for header, value in SECURITY_HEADERS.items():
             response.headers.setdefault(header, value)
         response["Content-Length"], response["Connection"] = str(len(response.content)), "close"

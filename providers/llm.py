@@ -22,6 +22,9 @@ litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners on s
 litellm.telemetry = False
 litellm.disable_hf_tokenizer_download = True  # never fetch a tokenizer from HuggingFace at run time (it blocked
 # the event loop ~45 s when pricing a llama stream); token counts fall back to LiteLLM's default encoding
+# /v1/messages on an OpenAI-wire provider goes to its chat completions, which every OpenAI-compatible server has
+# (LiteLLM's default, the Responses API, is missing on most of them: vLLM, Ollama, older gateways)
+litellm.use_chat_completions_url_for_anthropic_messages = True
 litellm.success_callback, litellm.failure_callback, litellm.callbacks = [], [], []
 
 
@@ -96,7 +99,8 @@ def call_kwargs(provider_type: str, cred) -> dict:
 
 
 # "litellm.APIError: APIError: OpenAIException - <the provider's text>": callers see only the provider's text.
-_LIBRARY_PREFIX = re.compile(r"^\s*(?:litellm\.\w+:\s*)?(?:\w+Error:\s*)?(?:\w+Exception\s*-\s*)?")
+_LIBRARY_PREFIX = re.compile(r"^\s*(?:litellm\.\w+:\s*)*(?:\w+Error:\s*)?(?:\w+Exception(?:\s+\w+Error)?\s*-\s*)?")
+_LIBRARY_HINT = re.compile(r"\s*Handle with `litellm\.\w+`\.?\s*$")
 
 
 def upstream_text(exc: BaseException, limit: int = 300) -> str:
@@ -108,7 +112,8 @@ def upstream_text(exc: BaseException, limit: int = 300) -> str:
     if isinstance(status, int) and 300 <= status < 400:
         return f"the provider answered with a redirect (HTTP {status}), which is never followed"
     line = (str(exc).splitlines() or [""])[0]
-    line = _LIBRARY_PREFIX.sub("", _LIBRARY_PREFIX.sub("", line, count=1), count=1).strip()
+    line = _LIBRARY_PREFIX.sub("", _LIBRARY_PREFIX.sub("", line, count=1), count=1)
+    line = _LIBRARY_HINT.sub("", line).strip()
     return mask_text(line or "no details")[:limit]
 
 

@@ -251,6 +251,7 @@ BODIES: dict[str, Callable[[Side], list[dict]]] = {
     "POST /v1/embeddings": lambda s: [{"model": n, "input": "hi"} for n in s.embedding_names],
     "POST /v1/completions": lambda s: [{"model": n, "prompt": "hi", "max_tokens": 5} for n in s.chat_names],
     "POST /v1/rerank": lambda s: [{"model": n, "query": "hi", "documents": ["a", "b"]} for n in s.embedding_names],
+    "POST /v1/messages": lambda s: [{"model": n, "messages": CHAT, "max_tokens": 5} for n in s.chat_names],
     "POST /v1/responses": lambda s: [{"model": n, "input": "hi", "max_output_tokens": 16} for n in s.chat_names],
 }
 

@@ -31,6 +31,8 @@ from providers.gateway.http import (
     requested_model,
     served,
 )
+from providers.gateway.messages import anthropic_error_response, is_messages_path
+from providers.gateway.messages import router as messages_router
 from providers.gateway.responses import router as responses_router
 from providers.gateway.service import CHAT, COMPLETIONS, EMBEDDINGS, RERANK, GatewayError, models_for
 
@@ -47,6 +49,12 @@ openai_api = NinjaAPI(
     parser=JsonParser(),
 )
 openai_api.add_router("", responses_router)  # POST /v1/responses (providers/gateway/responses.py)
+openai_api.add_router("", messages_router)  # POST /v1/messages (providers/gateway/messages.py)
+
+
+def _in_format(request, response: HttpResponse) -> HttpResponse:
+    """Errors on /v1/messages in Anthropic's shape (same status and headers)."""
+    return anthropic_error_response(response) if is_messages_path(request.path) else response
 
 
 class ChatCompletionIn(BaseModel):
@@ -130,9 +138,9 @@ class ModelList(Schema):
 
 
 @openai_api.exception_handler(GatewayError)
-def on_gatewayerror_response(request, exc: GatewayError):
+def on_gateway_error(request, exc: GatewayError):
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-    return json_response(exc.body(), exc.status, headers)
+    return _in_format(request, json_response(exc.body(), exc.status, headers))
 
 
 def _refused(request, response: HttpResponse, *, read_body: bool = True) -> HttpResponse:
@@ -154,30 +162,32 @@ def on_invalid(request, exc: NinjaValidationError):
         loc = ".".join(str(p) for p in err.get("loc", [])[1:] if p != "payload") or "body"
         parts.append(f"{loc}: {err.get('msg')}")
         params.append(loc)
-    return _refused(request, error_response(400, "Invalid request: " + "; ".join(parts), "invalid_request_error",
-                                    "invalid_value", param=params[0] if params and params[0] != "body" else None))
+    response = error_response(400, "Invalid request: " + "; ".join(parts), "invalid_request_error", "invalid_value",
+                              param=params[0] if params and params[0] != "body" else None)
+    return _in_format(request, _refused(request, response))
 
 
 @openai_api.exception_handler(HttpError)
-def on_httperror_response(request, exc: HttpError):
+def on_http_error(request, exc: HttpError):
     """ninja's own errors (e.g. a body that is not JSON), in OpenAI's shape."""
     status, message = body_error(exc) or (exc.status_code, str(exc))
     code = {413: "request_too_large", 415: "unsupported_media_type"}.get(status)
     response = error_response(status, message, "invalid_request_error" if status < 500 else "api_error", code)
-    return _refused(request, response, read_body=status not in (413, 415)) if status < 500 else response
+    return _in_format(request, _refused(request, response, read_body=status not in (413, 415)) if status < 500
+                      else response)
 
 
 @openai_api.exception_handler(RequestDataTooBig)
 def on_too_big(request, exc):
-    return _refused(request, error_response(413, f"The request body is too large: at most "
-                                         f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.", "invalid_request_error",
-                                    "request_too_large"), read_body=False)
+    response = error_response(413, f"The request body is too large: at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} "
+                                   f"bytes.", "invalid_request_error", "request_too_large")
+    return _in_format(request, _refused(request, response, read_body=False))
 
 
 @openai_api.exception_handler(Exception)
 def on_unexpected(request, exc):
     log.exception("gateway: unexpected error on %s", request.path)
-    return error_response(500, "Internal error in the gateway.", "api_error")
+    return _in_format(request, error_response(500, "Internal error in the gateway.", "api_error"))
 
 
 @openai_api.post("/chat/completions", response={200: ChatCompletionOut, **ERRORS}, tags=["openai"],

@@ -155,8 +155,9 @@ def validate_request(endpoint: str, body: dict, raw: bytes | None = None) -> Non
     for key in body:
         if key not in fields:
             name = str(key)[:100]
+            api = {"messages": "Anthropic Messages API", "rerank": "Cohere rerank API"}.get(endpoint, "OpenAI API")
             raise RequestInvalid(f"Unrecognized request argument supplied: {name}. This endpoint accepts only the "
-                                 f"fields of the OpenAI API.", param=name, code="unknown_parameter")
+                                 f"fields of the {api}.", param=name, code="unknown_parameter")
     if raw is None or _SURROGATE_ESCAPE.search(raw):
         where = _lone_surrogate(body)
         if where is not None:
