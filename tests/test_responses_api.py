@@ -18,8 +18,9 @@ from .factories import make_model, make_provider
 from .openai_spec import assert_answer, assert_stream
 
 REPLY = "Hello from fake upstream"
-MODELS = ["fast", "openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-20241022", "llama"]
+MODELS = ["fast", "openai/gpt-4o-mini", "azure/gpt4o-deploy", "anthropic/claude-3-5-haiku-20241022", "llama"]
 UPSTREAM_PATH = {"fast": "/v1/responses", "openai/gpt-4o-mini": "/v1/responses",
+                 "azure/gpt4o-deploy": "/openai/responses",
                  "anthropic/claude-3-5-haiku-20241022": "/v1/messages", "llama": "/v1/responses"}
 
 
@@ -32,6 +33,9 @@ def world(gateway, upstream, tenant, other_tenant):
     an = make_provider(tenant=None, instance_wide=True, name="Anthropic", provider_type="anthropic",
                        base_url=upstream.url, api_key="ant-provider-key-0003")
     make_model(an, model_id="claude-3-5-haiku-20241022")
+    az = make_provider(tenant=None, instance_wide=True, name="Azure", provider_type="azure", base_url=upstream.url,
+                       api_version="2025-03-01-preview", api_key="az-provider-key-0002")  # Responses: 2025-03 and later
+    make_model(az, model_id="gpt4o-deploy")
     # (a model id without a HuggingFace tokenizer in LiteLLM: it counts the tokens of a faked stream with one, which
     # it would try to download)
     own = make_provider(tenant=tenant, name="Acme vLLM", provider_type="hosted_vllm",

@@ -95,9 +95,7 @@ def _validators() -> dict:
     openai = json.loads(SCHEMA_FILE.read_text())
     sources = {endpoint: (openai, name) for endpoint, name in ENDPOINT_SCHEMAS.items()}
     for endpoint, (file, name) in OTHER_SCHEMAS.items():
-        path = SCHEMA_FILE.with_name(file)
-        if path.exists():
-            sources[endpoint] = (json.loads(path.read_text()), name)
+        sources[endpoint] = (json.loads(SCHEMA_FILE.with_name(file).read_text()), name)
     out = {}
     for endpoint, (document, name) in sources.items():
         validator = jsonschema_rs.validator_for({"$ref": f"#/components/schemas/{name}", **document})

@@ -461,6 +461,16 @@ def _azure(handler: Any) -> Any:
     return azure_handler
 
 
+def _azure_v1(handler: Any) -> Any:
+    """Azure OpenAI's routes without a deployment in the path (the Responses API): the model is in the body."""
+    async def azure_handler(request: web.Request) -> web.StreamResponse:
+        if "api-version" not in request.query:
+            return web.json_response({"error": {"code": "404", "message": "Resource not found"}}, status=404)
+        return await handler(request)
+
+    return azure_handler
+
+
 # --- OpenAI: legacy completions and the Responses API --------------------------------------------------------
 
 
@@ -737,6 +747,8 @@ def build_app(state: UpstreamState | None = None) -> web.Application:
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", _azure(chat_completions))
     app.router.add_post("/openai/deployments/{deployment}/embeddings", _azure(embeddings))
     app.router.add_post("/openai/deployments/{deployment}/completions", _azure(completions))
+    app.router.add_post("/openai/responses", _azure_v1(responses))
+    app.router.add_post("/openai/v1/responses", _azure_v1(responses))
     app.router.add_post(CONTROL_PREFIX + "fault", control_fault)
     app.router.add_delete(CONTROL_PREFIX + "fault", control_fault)
     app.router.add_post(CONTROL_PREFIX + "reset", control_reset)
