@@ -47,6 +47,7 @@ class UsageWriter:
         self._keys_used: dict[int, object] = {}
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
+        self._writing: tuple | None = None  # (loop, lock): one batch at a time, so a flush returns once written
         self._spend: dict[object, tuple[float, Decimal]] = {}
 
     def record(self, rec: tuple):
@@ -87,6 +88,14 @@ class UsageWriter:
                      False, request_id))
 
     async def flush(self):
+        """Write every record queued so far (waiting for a batch another flush is writing)."""
+        loop = asyncio.get_running_loop()
+        if self._writing is None or self._writing[0] is not loop:
+            self._writing = (loop, asyncio.Lock())
+        async with self._writing[1]:
+            await self._flush()
+
+    async def _flush(self):
         if not self._pending and not self._keys_used:
             return
         batch, self._pending = self._pending, []

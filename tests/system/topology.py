@@ -287,8 +287,9 @@ class Topology:
 
     def end_test(self) -> None:
         """Let work still in flight end before pytest-django flushes the database (a worker or a web process
-        writing during the TRUNCATE can deadlock it): checks being run or retried, and the gateway's usage
-        records, which it writes in batches every USAGE_FLUSH_SECONDS."""
+        writing during the TRUNCATE can deadlock it): checks being run or retried, the web workers' catalog
+        reloads after the test's last write (a reload reads table after table while TRUNCATE locks them one by
+        one), and the gateway's usage records, which it writes in batches every USAGE_FLUSH_SECONDS."""
         from providers.models import ProviderCheck
 
         used_gateway = any(not isinstance(client, httpx.Client) for client in self._clients)
@@ -298,6 +299,7 @@ class Topology:
         deadline = time.monotonic() + 10
         while ProviderCheck.objects.exclude(state=ProviderCheck.State.DONE).exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        self.settle()
         if used_gateway:
             time.sleep(USAGE_FLUSH_SECONDS + 0.1)
         for up in self.upstreams:
