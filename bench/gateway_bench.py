@@ -150,6 +150,7 @@ def proxy_config(tmp: Path, upstream: str) -> Path:
         "litellm_settings:\n"
         "  drop_params: true\n"
         "  num_retries: 0\n"
+        "  use_chat_completions_url_for_anthropic_messages: true\n"  # as our gateway: /v1/messages -> chat
     )
     return cfg
 

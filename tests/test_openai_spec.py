@@ -29,6 +29,7 @@ def world(gateway, upstream, tenant):
     az = make_provider(tenant=None, instance_wide=True, name="Azure", provider_type="azure", base_url=upstream.url,
                        api_version="2024-06-01", api_key="az-provider-key-0002")
     make_model(az, model_id="gpt4o-deploy")
+    make_model(az, model_id="embed-deploy", model_type="embedding")
     an = make_provider(tenant=None, instance_wide=True, name="Anthropic", provider_type="anthropic",
                        base_url=upstream.url, api_key="ant-provider-key-0003")
     make_model(an, model_id="claude-3-5-haiku-20241022")
@@ -108,11 +109,20 @@ def test_tool_calls_round_trip_with_the_official_client(gateway, upstream, world
     assert [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]] == ["tool_calls"]
 
 
-def test_embeddings_and_model_list_conform(gateway, upstream, world):
-    r = post(gateway, world, "/v1/embeddings", {"model": "embed", "input": ["one", "two"]})
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_completion_answer_conforms(gateway, upstream, world, model):
+    r = post(gateway, world, "/v1/completions", {"model": model, "prompt": "Say hello", "max_tokens": 8})
     assert r.status_code == 200, r.text
-    assert_answer("embeddings", r.json())
-    assert r.json()["model"] == "embed"
+    assert_answer("completions", r.json())
+    assert r.json()["model"] == model and r.json()["choices"][0]["text"] == "Hello from fake upstream"
+
+
+def test_embeddings_and_model_list_conform(gateway, upstream, world):
+    for model in ("embed", "azure/embed-deploy"):
+        r = post(gateway, world, "/v1/embeddings", {"model": model, "input": ["one", "two"]})
+        assert r.status_code == 200, r.text
+        assert_answer("embeddings", r.json())
+        assert r.json()["model"] == model
     listed = httpx.get(gateway.url + "/v1/models", headers=world["headers"]).json()
     assert_answer("models", listed)
     for entry in listed["data"]:
