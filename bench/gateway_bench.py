@@ -42,9 +42,9 @@ ENDPOINTS = {
                                                             "stream": stream}, b'"choices"', b"data: [DONE]"),
     "responses": ("/v1/responses", lambda model, stream: {"model": model, "input": MESSAGES[0]["content"],
                                                           "max_output_tokens": 16, "stream": stream},
-                  b'"output"', b"event: response.completed"),
+                  b'"output"', b"response.completed"),
     "messages": ("/v1/messages", lambda model, stream: {"model": model, "messages": MESSAGES, "max_tokens": 16,
-                                                        "stream": stream}, b'"content"', b"event: message_stop"),
+                                                        "stream": stream}, b'"content"', b"message_stop"),
 }
 
 
@@ -163,7 +163,7 @@ async def one_request(session, url, headers, body, stream, endpoint="chat") -> t
             if stream:
                 ok_done = False
                 async for line in r.content:
-                    if line.startswith(last):
+                    if last in line:
                         ok_done = True
                 ok = r.status == 200 and ok_done
             else:
@@ -247,7 +247,7 @@ def main():
             targets = {
                 "direct": {"base": upstream, "model": "gpt-4o-mini",
                            "headers": {"Authorization": "Bearer sk-bench-upstream-key-0001",
-                                       "x-api-key": "sk-bench-upstream-key-0001"}},
+                                       "x-api-key": "sk-bench-upstream-key-0001", "anthropic-version": "2023-06-01"}},
                 "gateway": {"base": f"http://127.0.0.1:{gw_port}", "model": "fast",
                             "headers": {"Authorization": f"Bearer {api_key}"}, "pid": gw.pid},
             }
