@@ -8,6 +8,7 @@ from providers.api.checks import router as checks_router
 from providers.api.checks import tasks_router
 from providers.api.usage import router as usage_router
 from tenants.api import router as tenant_api_keys_router
+from tenants.tenants_api import router as tenants_router
 from tenants.audit_api import router as audit_router
 from tenants.parsers import JsonParser
 
@@ -34,6 +35,7 @@ api = RestApi(
     parser=JsonParser(),
 )
 exceptions.install(api)
+api.add_router("/sysadmin", tenants_router)
 api.add_router("/sysadmin", credentials_router)
 api.add_router("/sysadmin", tenant_api_keys_router)
 api.add_router("/ai-providers", ai_providers_router)

@@ -55,19 +55,25 @@ class TenantMembershipInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
-    list_display = ("name", "slug", "is_active", "credential_count", "created_at")
+    list_display = ("name", "slug", "is_active", "monthly_budget", "credential_count", "created_at")
     list_filter = ("is_active",)
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
     inlines = [TenantMembershipInline]  # credentials.admin adds the tenant's credentials (imports run one way)
     readonly_fields = ("id", "created_at", "updated_at")
-    fields = ("id", "name", "slug", "is_active", "created_at", "updated_at")
+    fields = ("id", "name", "slug", "is_active", "monthly_budget", "created_at", "updated_at")
     tenant_path = "pk"
 
     def get_queryset(self, request):
         from django.db.models import Count
 
         return super().get_queryset(request).annotate(_credential_count=Count("credentials"))
+
+    def get_readonly_fields(self, request, obj=None):
+        """Only sysadmins set a tenant's budget or switch it on and off: a tenant admin cannot lift its own cap."""
+        if request.user.is_superuser:
+            return self.readonly_fields
+        return (*self.readonly_fields, "is_active", "monthly_budget")
 
     @admin.display(description="Credentials", ordering="_credential_count")
     def credential_count(self, obj):
@@ -78,7 +84,8 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         if change:
             services.tenant_update(actor=actor, tenant=obj, **{f: form.cleaned_data[f] for f in form.changed_data})
         else:
-            created = services.tenant_create(actor=actor, name=obj.name, slug=obj.slug, is_active=obj.is_active)
+            created = services.tenant_create(actor=actor, name=obj.name, slug=obj.slug, is_active=obj.is_active,
+                                             monthly_budget=obj.monthly_budget)
             obj.pk = created.pk
 
     def get_deleted_objects(self, objs, request):

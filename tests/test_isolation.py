@@ -72,6 +72,7 @@ class Side:
     model_pk: int = 0
     model_id: str = ""
     model_name: str = ""  # a name /v1/models lists for the model (<provider type>/<model id>)
+    username: str = ""  # the tenant admin's user name
     provider_key_id: int = 0
     api_key_id: int = 0
     api_key_prefix: str = ""
@@ -88,7 +89,7 @@ def ghost_of(side: Side) -> Side:
     never = 2_000_000_000
     return Side(label="ghost", marker="ghost", tenant_id=str(uuid.uuid4()), provider_id="aip_" + "0" * 24,
                 provider_pk=str(never), provider_name="Ghost provider", model_pk=never, model_id="ghost-chat-model",
-                model_name="openai/ghost-chat-model",
+                model_name="openai/ghost-chat-model", username="ghost-admin",
                 provider_key_id=never, api_key_id=never, api_key_prefix="0" * 12, task_id="0" * 32,
                 chat_names=[n.replace(side.marker, "ghost") for n in side.chat_names],
                 embedding_names=[n.replace(side.marker, "ghost") for n in side.embedding_names])
@@ -119,7 +120,7 @@ def build_side(tenant: Tenant, marker: str, upstream_url: str, tag: str, *, cred
     return Side(
         label=f"tenant {marker}", marker=marker, tenant=tenant, token=caller.plaintext, tenant_id=str(tenant.pk),
         provider_id=provider.public_id, provider_pk=str(provider.pk), provider_name=provider.name,
-        model_pk=model.pk, model_id=model.model_id, model_name=f"openai/{model.model_id}",
+        model_pk=model.pk, model_id=model.model_id, model_name=f"openai/{model.model_id}", username=user.username,
         provider_key_id=provider.keys.get().pk, api_key_id=spare.pk,
         api_key_prefix=caller.api_key.prefix, task_id=check.task_id,
         chat_names=[f"{marker}-alias", f"{marker}-chat-model", f"openai/{marker}-chat-model"],
@@ -217,6 +218,7 @@ PATH_PARAMS: dict[str, str | Shared] = {
     "ai-providers/{provider_id}": "provider_id",
     "models/{model_pk}": "model_pk",
     "models/{model}": "model_name",
+    "members/{username}": "username",
     "keys/{key_id}": "provider_key_id",
     "api-keys/{key_id}": "api_key_id",
     "tasks/{task_id}": "task_id",
@@ -231,7 +233,7 @@ QUERY_PARAMS: dict[str, str | None] = {
     "q": "provider_name", "target_id": "provider_pk",
     "limit": None, "offset": None, "force": None, "provider_type": None, "status": None, "health_status": None,
     "since": None, "until": None, "streamed": None, "action": None, "actor": None, "target_type": None,
-    "source": None,
+    "source": None, "is_active": None,
 }
 
 # "METHOD /path" -> bodies built from a Side. Operations with path parameters get a minimal valid body (the
@@ -240,6 +242,9 @@ BODIES: dict[str, Callable[[Side], list[dict]]] = {
     "PUT /api/v1/sysadmin/tenants/{tenant_id}/credentials/{provider}":
         lambda s: [{"api_key": f"sk-{s.marker}-replaced-key-0000"}],
     "POST /api/v1/sysadmin/tenants/{tenant_id}/api-keys": lambda s: [{"name": f"{s.marker} new key", "scopes": ["*"]}],
+    "POST /api/v1/sysadmin/tenants": lambda s: [{"name": f"{s.marker} new tenant", "slug": f"{s.marker}-new"}],
+    "PATCH /api/v1/sysadmin/tenants/{tenant_id}": lambda s: [{"monthly_budget": "10.00"}],
+    "PUT /api/v1/sysadmin/tenants/{tenant_id}/members/{username}": lambda s: [{"role": "admin"}],
     "POST /api/v1/ai-providers":
         lambda s: [{"name": f"{s.marker} created", "provider_type": "openai", "tenant_id": s.tenant_id}],
     "PATCH /api/v1/ai-providers/{provider_id}": lambda s: [{"rpm": 60}],
@@ -419,9 +424,11 @@ class Http:
 def run_positive_controls(http: Http, ops: list[Operation], a: Side, before_deletes: Callable) -> list[str]:
     """A's own ids with A's key (the super key on sysadmin routes): 2xx (or POSITIVE_EXPECTED), never 404.
 
-    Deletions run last, deepest path first, so that every route still finds its objects."""
+    Deletions run last, deepest path first, so that every route still finds its objects; the tenant itself goes
+    last of all."""
     failures = []
-    ordered = sorted(ops, key=lambda o: (o.method == "DELETE", -o.path.count("/") if o.method == "DELETE" else 0))
+    ordered = sorted(ops, key=lambda o: (o.method == "DELETE", o.key == "DELETE /api/v1/sysadmin/tenants/{tenant_id}",
+                                         -o.path.count("/") if o.method == "DELETE" else 0))
     for i, op in enumerate(ordered):
         if op.method == "DELETE" and (i == 0 or ordered[i - 1].method != "DELETE"):
             before_deletes()
