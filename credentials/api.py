@@ -4,12 +4,11 @@ from __future__ import annotations
 from uuid import UUID
 
 from ninja import Router
-from ninja.errors import HttpError
 
 from tenants.actors import Actor
+from tenants.api import tenant_or_404
 from tenants.auth import super_api_key
 from tenants.schemas import ErrorOut
-from tenants.selectors import tenant_get
 
 from . import selectors, services
 from .schemas import CredentialDeleteOut, CredentialIn, CredentialListOut, CredentialSetOut
@@ -19,17 +18,10 @@ router = Router(tags=["sysadmin: tenant credentials"], auth=super_api_key)
 ERRORS = {401: ErrorOut, 404: ErrorOut, 422: ErrorOut}
 
 
-def _tenant_or_404(tenant_id: UUID):
-    tenant = tenant_get(tenant_id=tenant_id)
-    if tenant is None:
-        raise HttpError(404, f"Tenant {tenant_id} not found.")
-    return tenant
-
-
 @router.get("/tenants/{tenant_id}/credentials", response={200: CredentialListOut, **ERRORS})
 def list_credentials(request, tenant_id: UUID):
     """List a tenant's credentials: masked key, status and non-secret fields. Never the key itself."""
-    tenant = _tenant_or_404(tenant_id)
+    tenant = tenant_or_404(tenant_id)
     services.credential_list_viewed(actor=request.auth, tenant=tenant)
     rows = [
         {
@@ -54,7 +46,7 @@ def put_credential(request, tenant_id: UUID, provider: str, payload: CredentialI
 
     The whole entry is replaced. azure requires api_key, endpoint, api_version and deployment_name.
     """
-    tenant = _tenant_or_404(tenant_id)
+    tenant = tenant_or_404(tenant_id)
     actor: Actor = request.auth
     cred = services.credential_set(actor=actor, tenant=tenant, provider_type=provider, **payload.dict())
     return {
@@ -69,7 +61,7 @@ def put_credential(request, tenant_id: UUID, provider: str, payload: CredentialI
 @router.delete("/tenants/{tenant_id}/credentials/{provider}", response={200: CredentialDeleteOut, **ERRORS})
 def delete_credential(request, tenant_id: UUID, provider: str):
     """Delete the tenant's credential for `provider`. Idempotent: 200 even when none was stored."""
-    tenant = _tenant_or_404(tenant_id)
+    tenant = tenant_or_404(tenant_id)
     deleted = services.credential_delete(actor=request.auth, tenant=tenant, provider_type=provider)
     from .provider_rules import normalise_provider_type
 

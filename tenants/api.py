@@ -21,7 +21,8 @@ router = Router(tags=["sysadmin: tenant API keys"], auth=super_api_key)
 ERRORS = {401: ErrorOut, 404: ErrorOut, 422: ErrorOut}
 
 
-def _tenant_or_404(tenant_id: UUID) -> Tenant:
+def tenant_or_404(tenant_id: UUID) -> Tenant:
+    """The tenant, or a 404 naming the id (sysadmin routes under /sysadmin/tenants/{tenant_id})."""
     tenant = tenant_get(tenant_id=tenant_id)
     if tenant is None:
         raise HttpError(404, f"Tenant {tenant_id} not found.")
@@ -31,7 +32,7 @@ def _tenant_or_404(tenant_id: UUID) -> Tenant:
 @router.post("/tenants/{tenant_id}/api-keys", response={201: ApiKeyCreatedOut, **ERRORS})
 def create_api_key(request, tenant_id: UUID, payload: ApiKeyIn):
     """Create an API key for the tenant. The response holds the key itself: it is shown only once."""
-    created = api_key_create(actor=request.auth, tenant=_tenant_or_404(tenant_id), name=payload.name.strip(),
+    created = api_key_create(actor=request.auth, tenant=tenant_or_404(tenant_id), name=payload.name.strip(),
                              scopes=payload.scopes, expires_at=payload.expires_at)
     shown_once = {"api_key": created.plaintext, "message": "Store this key now: it is shown only once."}
     return Status(201, {**ApiKeyOut.model_validate(created.api_key).model_dump(), **shown_once})
@@ -41,13 +42,13 @@ def create_api_key(request, tenant_id: UUID, payload: ApiKeyIn):
 @paginate(Pagination)
 def list_api_keys(request, tenant_id: UUID):
     """The tenant's API keys (revoked ones included), by name. Never the key itself: only its prefix."""
-    return _tenant_or_404(tenant_id).api_keys.order_by("name", "id")
+    return tenant_or_404(tenant_id).api_keys.order_by("name", "id")
 
 
 @router.delete("/tenants/{tenant_id}/api-keys/{key_id}", response={204: None, **ERRORS})
 def revoke_api_key(request, tenant_id: UUID, key_id: int):
     """Revoke a key: it is rejected from now on. The row stays for the audit trail. Idempotent."""
-    key = _tenant_or_404(tenant_id).api_keys.filter(pk=key_id).first()
+    key = tenant_or_404(tenant_id).api_keys.filter(pk=key_id).first()
     if key is None:
         raise HttpError(404, f"API key {key_id} not found for this tenant.")
     if key.is_active:

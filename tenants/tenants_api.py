@@ -15,11 +15,11 @@ from ninja.pagination import paginate
 from pydantic import ConfigDict
 
 from . import services
+from .api import tenant_or_404
 from .auth import super_api_key
 from .models import Tenant, TenantMembership
 from .pagination import Pagination
 from .schemas import ErrorOut, NoNulIn
-from .selectors import tenant_get
 
 router = Router(tags=["sysadmin: tenants"], auth=super_api_key)
 
@@ -71,13 +71,6 @@ class MemberOut(NoNulIn):
     role: str
 
 
-def _tenant_or_404(tenant_id: UUID) -> Tenant:
-    tenant = tenant_get(tenant_id=tenant_id)
-    if tenant is None:
-        raise HttpError(404, f"Tenant {tenant_id} not found.")
-    return tenant
-
-
 @router.post("/tenants", response={201: TenantOut, **ERRORS})
 def create_tenant(request, payload: TenantIn):
     """Create a tenant. Then give it API keys (/sysadmin/tenants/{id}/api-keys), credentials and members."""
@@ -106,13 +99,13 @@ def list_tenants(request, filters: Query[TenantFilters]):
 
 @router.get("/tenants/{tenant_id}", response={200: TenantOut, **ERRORS})
 def get_tenant(request, tenant_id: UUID):
-    return _tenant_or_404(tenant_id)
+    return tenant_or_404(tenant_id)
 
 
 @router.patch("/tenants/{tenant_id}", response={200: TenantOut, **ERRORS})
 def update_tenant(request, tenant_id: UUID, payload: TenantPatch):
     """Change what is sent. Deactivating a tenant refuses its API keys at once; reactivating restores them."""
-    tenant = _tenant_or_404(tenant_id)
+    tenant = tenant_or_404(tenant_id)
     fields = payload.model_dump(exclude_unset=True)
     for name in ("name", "slug", "is_active"):
         if name in fields and fields[name] is None:
@@ -126,14 +119,14 @@ def update_tenant(request, tenant_id: UUID, payload: TenantPatch):
 def delete_tenant(request, tenant_id: UUID):
     """Delete the tenant with everything it owns (API keys, credentials, providers, models, members, usage). The
     audit log keeps the record of it. Not reversible."""
-    services.tenant_delete(actor=request.auth, tenant=_tenant_or_404(tenant_id))
+    services.tenant_delete(actor=request.auth, tenant=tenant_or_404(tenant_id))
     return Status(204, None)
 
 
 @router.get("/tenants/{tenant_id}/members", response={200: list[MemberOut], **ERRORS})
 @paginate(Pagination)
 def list_members(request, tenant_id: UUID):
-    tenant = _tenant_or_404(tenant_id)
+    tenant = tenant_or_404(tenant_id)
     return [MemberOut(username=m.user.get_username(), role=m.role)
             for m in tenant.memberships.select_related("user").order_by("user__username")]
 
@@ -141,7 +134,7 @@ def list_members(request, tenant_id: UUID):
 @router.put("/tenants/{tenant_id}/members/{username}", response={200: MemberOut, **ERRORS})
 def set_member(request, tenant_id: UUID, username: str, payload: MemberIn):
     """Make an existing user a member (or admin) of the tenant, or change their role."""
-    tenant = _tenant_or_404(tenant_id)
+    tenant = tenant_or_404(tenant_id)
     user = get_user_model().objects.filter(username=username).first()
     if user is None:
         raise HttpError(404, f"User {username[:150]} not found.")
@@ -152,7 +145,7 @@ def set_member(request, tenant_id: UUID, username: str, payload: MemberIn):
 @router.delete("/tenants/{tenant_id}/members/{username}", response={204: None, **ERRORS})
 def remove_member(request, tenant_id: UUID, username: str):
     """Remove the user from the tenant (the user account stays). Idempotent."""
-    tenant = _tenant_or_404(tenant_id)
+    tenant = tenant_or_404(tenant_id)
     membership = tenant.memberships.filter(user__username=username).first()
     if membership is not None:
         services.membership_remove(actor=request.auth, membership=membership)

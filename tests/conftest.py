@@ -225,6 +225,22 @@ def gateway(live_gateway, transactional_db, settings):
     live_gateway.gw.catalog.invalidate()
 
 
+def usage_rows(gateway, expected=1):
+    """The usage records, once `expected` of them were written (a stream's is written as it ends, perhaps after
+    the client read its last event)."""
+    import time
+
+    from providers.models import UsageRecord
+
+    deadline = time.monotonic() + 5
+    while True:
+        gateway.flush_usage()
+        rows = list(UsageRecord.objects.order_by("id"))
+        if len(rows) >= expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
 def openai_client(gateway, api_key, **kwargs):
     import openai
 

@@ -2,7 +2,6 @@
 -> our ASGI app (uvicorn) -> LiteLLM's Anthropic adapter -> the fake upstream, for providers of type anthropic,
 openai (the Responses API), azure and hosted_vllm (chat completions)."""
 import json
-import time
 
 import anthropic
 import httpx
@@ -10,10 +9,10 @@ import pytest
 
 from credentials.services import credential_set
 from providers.gateway.messages import anthropic_error_body
-from providers.models import UsageRecord
 from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 
+from .conftest import usage_rows
 from .factories import make_model, make_provider
 
 REPLY = "Hello from fake upstream"
@@ -72,16 +71,6 @@ def events(gateway, world, body) -> list[tuple[str, dict]]:
         assert name.startswith("event: ") and data.startswith("data: "), block
         out.append((name[7:], json.loads(data[6:])))
     return out
-
-
-def usage_rows(gateway, expected=1):
-    deadline = time.monotonic() + 5
-    while True:
-        gateway.flush_usage()
-        rows = list(UsageRecord.objects.order_by("id"))
-        if len(rows) >= expected or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
 
 
 def assert_anthropic_error(exc: anthropic.APIStatusError, status: int, error_type: str):

@@ -7,11 +7,10 @@ import pytest
 
 from credentials.services import credential_set
 from providers import services
-from providers.models import UsageRecord
 from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create, api_key_revoke
 
-from .conftest import CANARY, dump_tables_text, openai_client
+from .conftest import CANARY, dump_tables_text, openai_client, usage_rows
 from .factories import make_model, make_provider
 
 REPLY = "Hello from fake upstream"
@@ -36,20 +35,6 @@ def world(gateway, upstream, tenant, other_tenant):
     key = api_key_create(actor=SYSTEM, tenant=tenant, name="bot", scopes=["gateway:Use"]).plaintext
     other = api_key_create(actor=SYSTEM, tenant=other_tenant, name="bot", scopes=["gateway:Use"]).plaintext
     return {"key": key, "other_key": other, "openai": oa, "azure": az, "anthropic": an, "own": own}
-
-
-def usage_rows(gateway, expected=1):
-    """The usage records, once `expected` of them were written (the last one may be finishing after the client
-    read the response)."""
-    import time
-
-    deadline = time.monotonic() + 5
-    while True:
-        gateway.flush_usage()
-        rows = list(UsageRecord.objects.order_by("id"))
-        if len(rows) >= expected or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
 
 
 def test_chat_completion_uses_provider_key_and_records_usage(gateway, upstream, world):

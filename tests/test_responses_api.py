@@ -3,17 +3,15 @@
 through LiteLLM's bridge to chat completions (/v1/messages). Every JSON answer and every SSE event is validated
 against OpenAI's OpenAPI document; every call leaves one usage record."""
 import json
-import time
 
 import httpx
 import openai
 import pytest
 
-from providers.models import UsageRecord
 from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 
-from .conftest import openai_client
+from .conftest import openai_client, usage_rows
 from .factories import make_model, make_provider
 from .openai_spec import assert_answer, assert_stream
 
@@ -69,17 +67,6 @@ def stream_events(gateway, world, body) -> list[dict]:
         events.append(data)
     assert "[DONE]" not in text
     return events
-
-
-def usage_rows(gateway, expected=1):
-    """The usage records, once `expected` of them were written (a stream's is written as it ends)."""
-    deadline = time.monotonic() + 5
-    while True:
-        gateway.flush_usage()
-        rows = list(UsageRecord.objects.order_by("id"))
-        if len(rows) >= expected or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
 
 
 # --- answers ----------------------------------------------------------------------------------------------------

@@ -6,11 +6,10 @@ import openai
 import pytest
 
 from providers import services
-from providers.models import UsageRecord
 from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 
-from .conftest import openai_client
+from .conftest import openai_client, usage_rows
 from .factories import make_model, make_provider
 from .openai_spec import assert_answer, assert_conforms, sse_events
 
@@ -37,11 +36,6 @@ def world(gateway, upstream, tenant):
     return {"key": key.plaintext, "headers": {"Authorization": f"Bearer {key.plaintext}"}, "claude": claude}
 
 
-def rows(gateway) -> list[UsageRecord]:
-    gateway.flush_usage()
-    return list(UsageRecord.objects.order_by("id"))
-
-
 # --- /v1/completions ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("model,path", [("instruct", "/v1/completions"), ("fast", "/v1/chat/completions"),
@@ -54,7 +48,7 @@ def test_completions_with_the_official_client(gateway, upstream, world, model, p
     assert answer.choices[0].text == REPLY and answer.model == model
     assert_answer("completions", answer.model_dump(exclude_unset=True))
     assert upstream.last_request()["path"] == path
-    [row] = rows(gateway)
+    [row] = usage_rows(gateway)
     assert (row.endpoint, row.status, row.requested_model, row.streamed) == ("completions", "ok", model, False)
     assert row.tokens_in > 0 and row.tokens_out > 0
 
@@ -74,7 +68,7 @@ def test_completions_stream_conforms_and_is_counted(gateway, upstream, world):
         assert_conforms("CreateCompletionResponse", checked)
     assert "".join(c["text"] for e in events for c in e["choices"]) == REPLY
     assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] > 0
-    [row] = rows(gateway)
+    [row] = usage_rows(gateway)
     assert (row.endpoint, row.status, row.streamed, row.tokens_estimated) == ("completions", "ok", True, False)
 
 
@@ -111,7 +105,7 @@ def test_rerank_cohere_format(gateway, upstream, world, model, path):
     assert body["results"][0]["document"]["text"] == DOCS[0]
     assert upstream.last_request()["path"] == path
     assert upstream.last_request()["json"]["query"] == "capital of France"
-    [row] = rows(gateway)
+    [row] = usage_rows(gateway)
     assert (row.endpoint, row.status, row.requested_model) == ("rerank", "ok", model)
 
 
