@@ -3,8 +3,9 @@
 Order (DESIGN.md):
 1. the tenant's own credential, if it has one. If it is incomplete or cannot be decrypted: an error,
    never a fallback to anyone else's key;
-2. strict mode (TENANT_CREDENTIALS_ENABLED=true): no credential = a clear error;
-3. shared mode: the provider's own active key (passed in by the caller, the providers app), then the
+2. the tenant's credential policy (Tenant.credential_policy; empty = TENANT_CREDENTIALS_ENABLED: true = own,
+   false = inherit). `own`: no credential = a clear error;
+3. `inherit`: the provider's own active key (passed in by the caller, the providers app), then the
    global key from the environment (OPENAI_API_KEY, ..., VLLM_MODEL_URL/VLLM_API_KEY).
 
 Keys are bound to endpoints, here and nowhere else:
@@ -195,7 +196,7 @@ def credential_resolve(
         tenant_credential = TenantCredential.objects.filter(tenant=tenant, provider_type=provider_type).first()
     if tenant_credential is not None:
         return _from_tenant_credential(tenant_credential, tenant_label, endpoint)
-    if settings.TENANT_CREDENTIALS_ENABLED:
+    if _policy(tenant) == "own":
         raise CredentialMissing(
             f"No API key configured for provider '{provider_type}' (tenant '{tenant_label}'). "
             "Tenant-specific credentials are enabled - each tenant must configure their own credentials. "
@@ -214,6 +215,14 @@ def credential_resolve(
     return _shared_fallback(provider_type, provider_fallback, endpoint, f"tenant '{tenant_label}': the tenant has "
                                                                         "no credential, the provider has no active "
                                                                         "key and no global key is set")
+
+
+def _policy(tenant) -> str:
+    """own or inherit (Tenant.effective_credential_policy; objects without it follow TENANT_CREDENTIALS_ENABLED)."""
+    policy = getattr(tenant, "effective_credential_policy", None)
+    if policy:
+        return policy
+    return "own" if settings.TENANT_CREDENTIALS_ENABLED else "inherit"
 
 
 def _provider_key(provider_type: str, key: str, endpoint: ProviderEndpoint, *, tenant_controlled: bool):

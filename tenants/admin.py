@@ -61,7 +61,7 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     prepopulated_fields = {"slug": ("name",)}
     inlines = [TenantMembershipInline]  # credentials.admin adds the tenant's credentials (imports run one way)
     readonly_fields = ("id", "created_at", "updated_at")
-    fields = ("id", "name", "slug", "is_active", "monthly_budget", "created_at", "updated_at")
+    fields = ("id", "name", "slug", "is_active", "monthly_budget", "credential_policy", "created_at", "updated_at")
     tenant_path = "pk"
 
     def get_queryset(self, request):
@@ -70,10 +70,11 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         return super().get_queryset(request).annotate(_credential_count=Count("credentials"))
 
     def get_readonly_fields(self, request, obj=None):
-        """Only sysadmins set a tenant's budget or switch it on and off: a tenant admin cannot lift its own cap."""
+        """Only sysadmins set a tenant's budget, its credential policy or switch it on and off: a tenant admin
+        cannot lift its own cap or make its tenant use the shared keys."""
         if request.user.is_superuser:
             return self.readonly_fields
-        return (*self.readonly_fields, "is_active", "monthly_budget")
+        return (*self.readonly_fields, "is_active", "monthly_budget", "credential_policy")
 
     @admin.display(description="Credentials", ordering="_credential_count")
     def credential_count(self, obj):
@@ -85,7 +86,8 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             services.tenant_update(actor=actor, tenant=obj, **{f: form.cleaned_data[f] for f in form.changed_data})
         else:
             created = services.tenant_create(actor=actor, name=obj.name, slug=obj.slug, is_active=obj.is_active,
-                                             monthly_budget=obj.monthly_budget)
+                                             monthly_budget=obj.monthly_budget,
+                                             credential_policy=obj.credential_policy)
             obj.pk = created.pk
 
     def get_deleted_objects(self, objs, request):

@@ -19,6 +19,14 @@ class Tenant(models.Model):
         help_text="Spending cap per calendar month (UTC) in the models' price currency; calls are rejected once "
                   "it is reached. Empty = no cap.",
     )
+    class CredentialPolicy(models.TextChoices):
+        OWN = "own", "Own keys only: the tenant must configure a credential per provider type"
+        INHERIT = "inherit", "Inherit: the tenant's credential if it has one, else the shared key"
+
+    credential_policy = models.CharField(
+        max_length=10, choices=CredentialPolicy.choices, blank=True, default="",
+        help_text="Empty: the instance default (TENANT_CREDENTIALS_ENABLED: true = own, false = inherit). A tenant "
+                  "credential that exists but is invalid or undecryptable is an error under both: never a fallback.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -27,6 +35,15 @@ class Tenant(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def effective_credential_policy(self) -> str:
+        """own or inherit: the tenant's setting, else the instance default."""
+        from django.conf import settings
+
+        if self.credential_policy:
+            return self.credential_policy
+        return self.CredentialPolicy.OWN if settings.TENANT_CREDENTIALS_ENABLED else self.CredentialPolicy.INHERIT
 
 
 class TenantMembership(models.Model):

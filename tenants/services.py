@@ -74,13 +74,16 @@ def audit_record(*, actor: Actor, action: str, target, tenant: Tenant | None = N
 
 
 @transaction.atomic
-def tenant_create(*, actor: Actor, name: str, slug: str, is_active: bool = True, monthly_budget=None) -> Tenant:
-    tenant = Tenant(name=name, slug=slug, is_active=is_active, monthly_budget=monthly_budget)
+def tenant_create(*, actor: Actor, name: str, slug: str, is_active: bool = True, monthly_budget=None,
+                  credential_policy: str = "") -> Tenant:
+    tenant = Tenant(name=name, slug=slug, is_active=is_active, monthly_budget=monthly_budget,
+                    credential_policy=credential_policy)
     tenant.full_clean()
     tenant.save()
     audit_record(actor=actor, action="tenant.create", target=tenant, tenant=tenant,
                  changes={"name": [None, name], "slug": [None, slug], "is_active": [None, is_active],
-                          **({"monthly_budget": [None, str(monthly_budget)]} if monthly_budget is not None else {})})
+                          **({"monthly_budget": [None, str(monthly_budget)]} if monthly_budget is not None else {}),
+                          **({"credential_policy": [None, credential_policy]} if credential_policy else {})})
     catalog_bump(tenant)
     return tenant
 

@@ -4,7 +4,7 @@ by every gateway worker within CATALOG_REFRESH_SECONDS), the same services admin
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Optional
+from typing import Literal, Optional
 from uuid import UUID
 
 from django.contrib.auth import get_user_model
@@ -25,6 +25,10 @@ router = Router(tags=["sysadmin: tenants"], auth=super_api_key)
 
 ERRORS = {401: ErrorOut, 404: ErrorOut, 422: ErrorOut}
 Budget = Optional[Decimal]
+Policy = Optional[Literal["own", "inherit"]]
+POLICY_HELP = ("own: the tenant must configure a credential per provider type (no fallback); inherit: its credential "
+               "if present, else the shared key (never when its own credential exists but is broken); null: the "
+               "instance default (TENANT_CREDENTIALS_ENABLED).")
 
 
 class TenantIn(NoNulIn):
@@ -36,6 +40,7 @@ class TenantIn(NoNulIn):
     is_active: bool = Field(True, description="Inactive tenants cannot call models; their data is kept.")
     monthly_budget: Budget = Field(None, ge=0, max_digits=12, decimal_places=2,
                                    description="Spending cap per calendar month (UTC); null = no cap.")
+    credential_policy: Policy = Field(None, description=POLICY_HELP)
 
 
 class TenantPatch(NoNulIn):
@@ -47,6 +52,7 @@ class TenantPatch(NoNulIn):
     slug: Optional[str] = Field(None, min_length=1, max_length=100, pattern=r"^[-a-zA-Z0-9_]+$")
     is_active: Optional[bool] = None
     monthly_budget: Budget = Field(None, ge=0, max_digits=12, decimal_places=2)
+    credential_policy: Policy = Field(None, description=POLICY_HELP)
 
 
 class TenantOut(NoNulIn):
@@ -55,8 +61,14 @@ class TenantOut(NoNulIn):
     slug: str
     is_active: bool
     monthly_budget: Budget = Field(..., description="Decimal string; null = no cap.")
+    credential_policy: Policy = Field(..., description="As set; null = the instance default.")
+    effective_credential_policy: Literal["own", "inherit"] = Field(..., description="What applies now.")
     created_at: datetime
     updated_at: datetime
+
+    @staticmethod
+    def resolve_credential_policy(obj):
+        return obj.credential_policy or None
 
 
 class MemberIn(NoNulIn):
@@ -75,6 +87,7 @@ class MemberOut(NoNulIn):
 def create_tenant(request, payload: TenantIn):
     """Create a tenant. Then give it API keys (/sysadmin/tenants/{id}/api-keys), credentials and members."""
     fields = payload.model_dump()
+    fields["credential_policy"] = fields["credential_policy"] or ""
     tenant = services.tenant_create(actor=request.auth, **fields)
     tenant.refresh_from_db()  # the budget as stored (2 decimals)
     return Status(201, tenant)
@@ -110,6 +123,8 @@ def update_tenant(request, tenant_id: UUID, payload: TenantPatch):
     for name in ("name", "slug", "is_active"):
         if name in fields and fields[name] is None:
             raise HttpError(422, f"{name}: may not be null.")
+    if "credential_policy" in fields:
+        fields["credential_policy"] = fields["credential_policy"] or ""
     tenant = services.tenant_update(actor=request.auth, tenant=tenant, **fields)
     tenant.refresh_from_db()  # the budget as stored (2 decimals)
     return tenant

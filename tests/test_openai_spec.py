@@ -55,7 +55,7 @@ def test_chat_answer_conforms_and_names_the_model_as_asked(gateway, upstream, wo
     assert r.status_code == 200, r.text
     body = r.json()
     assert_answer("chat.completions", body)
-    assert body["model"] == model
+    assert body["model"] == model and "provider_specific_fields" not in r.text  # nothing of LiteLLM's own
     message = body["choices"][0]["message"]
     assert message["content"] == "Hello from fake upstream" and message["refusal"] is None
     assert body["choices"][0]["logprobs"] is None

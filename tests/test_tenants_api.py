@@ -130,3 +130,58 @@ def test_budget_in_admin_is_for_sysadmins_only(client, admin_client, django_user
     client.post(url, {**form, "monthly_budget": "1000000", "is_active": ""})
     assert Tenant.objects.get(pk=tenant.pk).monthly_budget == Decimal("75.50")
     assert Tenant.objects.get(pk=tenant.pk).is_active
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default inherit", "default own"])
+def test_credential_policy_per_tenant(gateway, upstream, tenant, other_tenant, super_headers, settings, strict):
+    """own: no credential = a clear error, never the shared key; inherit: the tenant's credential if present, else the
+    shared key; a broken credential is an error under both. The instance default follows
+    TENANT_CREDENTIALS_ENABLED; each tenant may differ, set by a sysadmin through the API."""
+    from credentials.services import credential_set
+
+    from .factories import make_model, make_provider
+
+    settings.TENANT_CREDENTIALS_ENABLED = strict
+    p = make_provider(tenant=None, instance_wide=True, name="OpenAI", base_url=upstream.url + "/v1",
+                      api_key="sk-shared-instance-key-0001")
+    make_model(p, model_id="gpt-4o-mini", alias="fast")
+    keys = {t.slug: api_key_create(actor=SYSTEM, tenant=t, name="bot", scopes=["gateway:Use"]).plaintext
+            for t in (tenant, other_tenant)}
+    api = httpx.Client(base_url=gateway.url, headers={"X-API-Key": super_headers["HTTP_X_API_KEY"]})
+
+    def chat(slug):
+        return httpx.post(gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {keys[slug]}"},
+                          json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
+
+    default = "own" if strict else "inherit"
+    assert api.get(f"{BASE}/{tenant.pk}").json()["effective_credential_policy"] == default
+    set_policy = {"acme": "inherit" if strict else "own"}  # acme differs from the default, other follows it
+    assert api.patch(f"{BASE}/{tenant.pk}", json={"credential_policy": set_policy["acme"]}).json()[
+        "effective_credential_policy"] == set_policy["acme"]
+    policies = {"acme": set_policy["acme"], "other": default}
+    for slug, policy in policies.items():
+        r = chat(slug)
+        if policy == "own":
+            assert r.status_code == 403 and r.json()["error"]["code"] == "credential_missing", r.text
+        else:
+            assert r.status_code == 200, r.text
+    assert upstream.keys_seen().count("sk-shared-instance-key-0001") == 1  # only the inheriting tenant's call
+
+    # with a credential of its own, each tenant uses it; broken, it is an error under both policies
+    upstream.reset()
+    for t in (tenant, other_tenant):
+        credential_set(actor=SYSTEM, tenant=t, provider_type="openai", api_key=f"sk-own-{t.slug}-key-0009")
+    assert chat("acme").status_code == 200 and chat("other").status_code == 200
+    assert sorted(upstream.keys_seen()) == ["sk-own-acme-key-0009", "sk-own-other-key-0009"]
+    from cryptography.fernet import Fernet
+
+    settings.ENCRYPTION_KEY, settings.ENCRYPTION_KEYS_OLD = Fernet.generate_key().decode(), []  # key lost
+    upstream.reset()
+    for slug in policies:
+        r = chat(slug)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "credential_undecryptable", r.text
+    assert upstream.requests == []
+
+    # back to the instance default
+    assert api.patch(f"{BASE}/{tenant.pk}", json={"credential_policy": None}).json()["credential_policy"] is None
+    assert Tenant.objects.get(pk=tenant.pk).effective_credential_policy == default

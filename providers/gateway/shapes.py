@@ -19,8 +19,10 @@ def chat_completion(data: dict, requested: str) -> dict:
     data["model"] = requested
     data["object"] = "chat.completion"
     for choice in data.get("choices") or ():
+        choice.pop("provider_specific_fields", None)  # LiteLLM's, not the API's
         choice.setdefault("logprobs", None)
         message = choice.setdefault("message", {})
+        message.pop("provider_specific_fields", None)
         message.setdefault("role", "assistant")
         message.setdefault("content", None)
         message.setdefault("refusal", None)
@@ -32,7 +34,8 @@ def chat_chunk(data: dict, requested: str) -> dict:
     data["model"] = requested
     data["object"] = "chat.completion.chunk"
     for choice in data.get("choices") or ():
-        choice.setdefault("delta", {})
+        choice.pop("provider_specific_fields", None)  # LiteLLM's, not the API's
+        choice.setdefault("delta", {}).pop("provider_specific_fields", None)
         choice.setdefault("finish_reason", None)
     return data
 
