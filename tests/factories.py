@@ -19,6 +19,22 @@ def make_provider(**overrides):
     return services.provider_create(**kwargs)
 
 
+# Instance-wide providers of the common wire formats at the fake upstream, with the keys the tests look for.
+UPSTREAM_PROVIDERS = {
+    "openai": {"name": "OpenAI", "provider_type": "openai", "path": "/v1", "api_key": "sk-provider-openai-0001"},
+    "azure": {"name": "Azure", "provider_type": "azure", "path": "", "api_key": "az-provider-key-0002",
+              "api_version": "2024-06-01"},
+    "anthropic": {"name": "Anthropic", "provider_type": "anthropic", "path": "", "api_key": "ant-provider-key-0003"},
+}
+
+
+def upstream_provider(upstream, kind: str, **overrides):
+    """An instance-wide `kind` provider (openai, azure, anthropic) at the fake upstream."""
+    spec = {**UPSTREAM_PROVIDERS[kind], **overrides}
+    path = spec.pop("path")
+    return make_provider(tenant=None, instance_wide=True, base_url=upstream.url + path, **spec)
+
+
 def make_model(provider, **overrides):
     n = next(_seq)
     kwargs = {"actor": SYSTEM, "provider": provider, "model_id": f"model-{n}"}

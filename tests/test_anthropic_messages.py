@@ -13,7 +13,7 @@ from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 
 from .conftest import usage_rows
-from .factories import make_model, make_provider
+from .factories import make_model, make_provider, upstream_provider
 
 REPLY = "Hello from fake upstream"
 HI = [{"role": "user", "content": "hi there"}]
@@ -30,15 +30,12 @@ ANTHROPIC_ERROR_TYPES = {"invalid_request_error", "authentication_error", "permi
 
 @pytest.fixture
 def world(gateway, upstream, tenant, other_tenant):
-    oa = make_provider(tenant=None, instance_wide=True, name="OpenAI", base_url=upstream.url + "/v1",
-                       api_key="sk-provider-openai-0001")
+    oa = upstream_provider(upstream, "openai")
     make_model(oa, model_id="gpt-4o-mini", alias="fast")
     make_model(oa, model_id="text-embedding-3-small", model_type="embedding", alias="embed")
-    az = make_provider(tenant=None, instance_wide=True, name="Azure", provider_type="azure", base_url=upstream.url,
-                       api_version="2024-06-01", api_key="az-provider-key-0002")
+    az = upstream_provider(upstream, "azure")
     make_model(az, model_id="gpt4o-deploy", alias="smart")
-    an = make_provider(tenant=None, instance_wide=True, name="Anthropic", provider_type="anthropic",
-                       base_url=upstream.url, api_key="ant-provider-key-0003")
+    an = upstream_provider(upstream, "anthropic")
     make_model(an, model_id="claude-3-5-haiku-20241022", alias="smart")
     own = make_provider(tenant=tenant, name="Acme vLLM", provider_type="hosted_vllm", base_url=upstream.url + "/v1",
                         api_key="vllm-acme-key-0004")

@@ -13,8 +13,8 @@ from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 
 from .conftest import openai_client
-from .factories import make_model, make_provider
-from .openai_spec import assert_answer, assert_conforms, assert_stream, sse_events
+from .factories import make_model, make_provider, upstream_provider
+from .openai_spec import assert_answer, assert_stream, sse_events
 
 HI = [{"role": "user", "content": "hi there"}]
 CHAT_MODELS = ["fast", "openai/gpt-4o-mini", "azure/gpt4o-deploy", "anthropic/claude-3-5-haiku-20241022"]
@@ -22,16 +22,13 @@ CHAT_MODELS = ["fast", "openai/gpt-4o-mini", "azure/gpt4o-deploy", "anthropic/cl
 
 @pytest.fixture
 def world(gateway, upstream, tenant):
-    oa = make_provider(tenant=None, instance_wide=True, name="OpenAI", base_url=upstream.url + "/v1",
-                       api_key="sk-provider-openai-0001")
+    oa = upstream_provider(upstream, "openai")
     make_model(oa, model_id="gpt-4o-mini", alias="fast")
     make_model(oa, model_id="text-embedding-3-small", model_type="embedding", alias="embed")
-    az = make_provider(tenant=None, instance_wide=True, name="Azure", provider_type="azure", base_url=upstream.url,
-                       api_version="2024-06-01", api_key="az-provider-key-0002")
+    az = upstream_provider(upstream, "azure")
     make_model(az, model_id="gpt4o-deploy")
     make_model(az, model_id="embed-deploy", model_type="embedding")
-    an = make_provider(tenant=None, instance_wide=True, name="Anthropic", provider_type="anthropic",
-                       base_url=upstream.url, api_key="ant-provider-key-0003")
+    an = upstream_provider(upstream, "anthropic")
     make_model(an, model_id="claude-3-5-haiku-20241022")
     key = api_key_create(actor=SYSTEM, tenant=tenant, name="bot", scopes=["gateway:Use"])
     return {"key": key.plaintext, "api_key": key.api_key, "headers": {"Authorization": f"Bearer {key.plaintext}"}}

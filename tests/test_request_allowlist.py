@@ -12,7 +12,7 @@ from providers.gateway.request_schema import SCHEMA_FILE, extract, request_field
 from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 
-from .factories import make_model, make_provider
+from .factories import make_model, upstream_provider
 
 SPEC = Path(__file__).with_name("openai-openapi.json.gz")
 CHAT = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
@@ -30,8 +30,7 @@ ENDPOINTS = {
 
 @pytest.fixture
 def world(gateway, upstream, attacker, tenant):
-    oa = make_provider(tenant=None, instance_wide=True, name="OpenAI", base_url=upstream.url + "/v1",
-                       api_key="sk-provider-openai-0001")
+    oa = upstream_provider(upstream, "openai")
     make_model(oa, model_id="gpt-4o-mini", alias="fast")
     make_model(oa, model_id="gpt-4o")  # instance-level, not enabled for the tenant: a fallback must not reach it
     make_model(oa, model_id="text-embedding-3-small", model_type="embedding", alias="embed")

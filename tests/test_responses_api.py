@@ -12,7 +12,7 @@ from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 
 from .conftest import openai_client, usage_rows
-from .factories import make_model, make_provider
+from .factories import make_model, make_provider, upstream_provider
 from .openai_spec import assert_answer, assert_stream
 
 REPLY = "Hello from fake upstream"
@@ -24,15 +24,12 @@ UPSTREAM_PATH = {"fast": "/v1/responses", "openai/gpt-4o-mini": "/v1/responses",
 
 @pytest.fixture
 def world(gateway, upstream, tenant, other_tenant):
-    oa = make_provider(tenant=None, instance_wide=True, name="OpenAI", base_url=upstream.url + "/v1",
-                       api_key="sk-provider-openai-0001")
+    oa = upstream_provider(upstream, "openai")
     make_model(oa, model_id="gpt-4o-mini", alias="fast")
     make_model(oa, model_id="text-embedding-3-small", model_type="embedding", alias="embed")
-    an = make_provider(tenant=None, instance_wide=True, name="Anthropic", provider_type="anthropic",
-                       base_url=upstream.url, api_key="ant-provider-key-0003")
+    an = upstream_provider(upstream, "anthropic")
     make_model(an, model_id="claude-3-5-haiku-20241022")
-    az = make_provider(tenant=None, instance_wide=True, name="Azure", provider_type="azure", base_url=upstream.url,
-                       api_version="2025-03-01-preview", api_key="az-provider-key-0002")  # Responses: 2025-03 and later
+    az = upstream_provider(upstream, "azure", api_version="2025-03-01-preview")  # Responses: 2025-03 and later
     make_model(az, model_id="gpt4o-deploy")
     # (a model id without a HuggingFace tokenizer in LiteLLM: it counts the tokens of a faked stream with one, which
     # it would try to download)

@@ -95,10 +95,9 @@ def test_deactivated_then_deleted_tenant_is_refused_by_the_gateway(gateway, upst
 
 
 def test_budget_set_by_api_stops_calls(gateway, upstream, tenant, super_headers):
-    from .factories import make_model, make_provider
+    from .factories import make_model, upstream_provider
 
-    p = make_provider(tenant=None, instance_wide=True, name="OpenAI", base_url=upstream.url + "/v1",
-                      api_key="sk-provider-openai-0001")
+    p = upstream_provider(upstream, "openai")
     make_model(p, model_id="gpt-4o-mini", alias="fast")
     key = api_key_create(actor=SYSTEM, tenant=tenant, name="bot", scopes=["gateway:Use"]).plaintext
     api = httpx.Client(base_url=gateway.url, headers={"X-API-Key": super_headers["HTTP_X_API_KEY"]})

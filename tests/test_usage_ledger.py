@@ -16,7 +16,7 @@ from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 
 from .conftest import openai_client
-from .factories import make_model, make_provider
+from .factories import make_model, make_provider, upstream_provider
 
 REPLY = "Hello from fake upstream"
 HI = [{"role": "user", "content": "hi there"}]
@@ -24,8 +24,7 @@ HI = [{"role": "user", "content": "hi there"}]
 
 @pytest.fixture
 def world(gateway, upstream, tenant):
-    oa = make_provider(tenant=None, instance_wide=True, name="OpenAI", base_url=upstream.url + "/v1",
-                       api_key="sk-provider-openai-0001")
+    oa = upstream_provider(upstream, "openai")
     fast = make_model(oa, model_id="gpt-4o-mini", alias="fast")
     make_model(oa, model_id="text-embedding-3-small", model_type="embedding", alias="embed")
     key = api_key_create(actor=SYSTEM, tenant=tenant, name="bot", scopes=["gateway:Use"])

@@ -10,7 +10,7 @@ from tenants.actors import SYSTEM
 from tenants.api_keys import api_key_create
 
 from .conftest import openai_client, usage_rows
-from .factories import make_model, make_provider
+from .factories import make_model, make_provider, upstream_provider
 from .openai_spec import assert_answer, assert_conforms, sse_events
 
 REPLY = "Hello from fake upstream"
@@ -19,12 +19,10 @@ HI = [{"role": "user", "content": "hi there"}]
 
 @pytest.fixture
 def world(gateway, upstream, tenant):
-    oa = make_provider(tenant=None, instance_wide=True, name="OpenAI", base_url=upstream.url + "/v1",
-                       api_key="sk-provider-openai-0001")
+    oa = upstream_provider(upstream, "openai")
     make_model(oa, model_id="gpt-4o-mini", alias="fast")
     make_model(oa, model_id="gpt-3.5-turbo-instruct", alias="instruct")
-    an = make_provider(tenant=None, instance_wide=True, name="Anthropic", provider_type="anthropic",
-                       base_url=upstream.url, api_key="ant-provider-key-0003")
+    an = upstream_provider(upstream, "anthropic")
     claude = make_model(an, model_id="claude-3-5-haiku-20241022", alias="claude")
     co = make_provider(tenant=None, instance_wide=True, name="Cohere", provider_type="cohere", base_url=upstream.url,
                        api_key="co-provider-key-0004")
