@@ -25,8 +25,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from django.conf import settings
-
 from . import crypto
 from .models import TenantCredential
 from .env_keys import env_names
@@ -196,7 +194,7 @@ def credential_resolve(
         tenant_credential = TenantCredential.objects.filter(tenant=tenant, provider_type=provider_type).first()
     if tenant_credential is not None:
         return _from_tenant_credential(tenant_credential, tenant_label, endpoint)
-    if _policy(tenant) == "own":
+    if tenant.effective_credential_policy == "own":
         raise CredentialMissing(
             f"No API key configured for provider '{provider_type}' (tenant '{tenant_label}'). "
             "Tenant-specific credentials are enabled - each tenant must configure their own credentials. "
@@ -215,14 +213,6 @@ def credential_resolve(
     return _shared_fallback(provider_type, provider_fallback, endpoint, f"tenant '{tenant_label}': the tenant has "
                                                                         "no credential, the provider has no active "
                                                                         "key and no global key is set")
-
-
-def _policy(tenant) -> str:
-    """own or inherit (Tenant.effective_credential_policy; objects without it follow TENANT_CREDENTIALS_ENABLED)."""
-    policy = getattr(tenant, "effective_credential_policy", None)
-    if policy:
-        return policy
-    return "own" if settings.TENANT_CREDENTIALS_ENABLED else "inherit"
 
 
 def _provider_key(provider_type: str, key: str, endpoint: ProviderEndpoint, *, tenant_controlled: bool):

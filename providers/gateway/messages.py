@@ -18,7 +18,6 @@ sent, `serve` then fails over to the next model).
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Optional
 
 from django.http import HttpResponse
@@ -27,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from providers.choices import ModelType
 from providers.gateway.http import ModelName, served
-from providers.gateway.service import GatewayError, Operation, StreamReader, sse
+from providers.gateway.service import GatewayError, Operation, StreamReader, close_upstream, sse
 
 # GatewayError status -> Anthropic's error type (its API's statuses: docs.anthropic.com, "Errors")
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -107,15 +106,13 @@ def _parse(raw: bytes) -> dict | None:
     return event
 
 
-# LiteLLM's adapter writes an exception into its error event as text: "litellm.MidStreamFallbackError:
-# litellm.APIConnectionError: AzureException APIConnectionError - Connection error." -> "Connection error."
-_LIBRARY_PREFIX = re.compile(r"^\s*(?:litellm\.\w+:\s*)*(?:\w+Exception(?:\s+\w+Error)?\s*-\s*)?")
-
-
 def _checked(event: dict) -> dict:
+    """The event; an upstream's error event raised. (LiteLLM's adapter writes an exception into its error event as
+    text, "litellm.MidStreamFallbackError: ... AzureException APIConnectionError - Connection error.": the caller
+    sees it through providers.llm.upstream_text, like every upstream failure, without the library's names.)"""
     if event.get("type") == "error":
         error = event.get("error") if isinstance(event.get("error"), dict) else {}
-        message = _LIBRARY_PREFIX.sub("", str(error.get("message") or ""), count=1)
+        message = str(error.get("message") or "")
         raise UpstreamStreamError(message or "the stream broke off", _UPSTREAM_STATUSES.get(error.get("type"), 500))
     return event
 
@@ -136,12 +133,7 @@ async def _events(stream):
         if buffer.strip() and (event := _parse(buffer.strip())) is not None:
             yield _checked(event)
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            try:
-                await aclose()
-            except Exception:  # noqa: BLE001 - the connection is dropped either way
-                pass
+        await close_upstream(stream)
 
 
 async def _invoke(body: dict, params: dict):

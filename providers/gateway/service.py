@@ -15,7 +15,9 @@ headers.
 """
 from __future__ import annotations
 
+import abc
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -24,7 +26,6 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from decimal import Decimal
 
 from django.conf import settings
-from django.utils import timezone
 
 from credentials.crypto import DecryptionError
 from credentials.egress import egress_denied, egress_scope
@@ -52,6 +53,7 @@ from providers.gateway.usage import (
     REFUSED,
     cost_of,
     estimate_tokens,
+    usage_row,
 )
 
 if TYPE_CHECKING:
@@ -200,13 +202,12 @@ def _usage(caller: Caller, model: AIModel | None, requested: str, endpoint: str,
     """One usage record into the batched writer. Tokens the upstream processed cost the same whatever the status
     (a stream cut short, a client gone): the provider bills them."""
     tokens_in, tokens_out = tokens_in or 0, tokens_out or 0
-    caller.gateway.usage.record((
-        caller.tenant.pk, caller.api_key.pk, model.provider_id if model else None, model.pk if model else None,
-        str(requested)[:200], endpoint, tokens_in, tokens_out,
-        cost_of(model, tokens_in, tokens_out, reported_cost) if model is not None else Decimal(0),
-        int((time.monotonic() - started) * 1000), ttft_ms, status, http_status, error_type[:60], streamed,
-        timezone.now(), estimated, current_request_id.get(),
-    ))
+    caller.gateway.usage.record(usage_row(
+        caller.tenant.pk, caller.api_key.pk, requested, endpoint, status=status, http_status=http_status,
+        request_id=current_request_id.get(), model=model, tokens_in=tokens_in, tokens_out=tokens_out,
+        cost=cost_of(model, tokens_in, tokens_out, reported_cost) if model is not None else Decimal(0),
+        latency_ms=int((time.monotonic() - started) * 1000), ttft_ms=ttft_ms, error_type=error_type,
+        streamed=streamed, estimated=estimated))
 
 
 class _Ledger:
@@ -335,7 +336,7 @@ def _validated(endpoint: str, body: dict, raw: bytes | None):
 
 # --- one pipeline for every /v1 endpoint -----------------------------------------------------------------------
 
-class StreamReader:
+class StreamReader(abc.ABC):
     """How one endpoint's stream is relayed: `frame` turns an upstream chunk into the bytes sent to the client
     (None: nothing to send) and notes what it carried: `usage` (prompt_tokens / completion_tokens), whether the
     upstream `answered` anything, the text `sent` so far (counted when the provider reports no usage)."""
@@ -352,8 +353,9 @@ class StreamReader:
     def prepare(self, call_body: dict) -> None:
         """Adjust the upstream call (e.g. ask for the usage chunk)."""
 
+    @abc.abstractmethod
     def frame(self, chunk) -> bytes | None:
-        raise NotImplementedError
+        """The bytes to send for one upstream chunk (None: nothing), noting usage, answered and sent."""
 
     def error_event(self, error: GatewayError) -> bytes:
         return f"data: {json.dumps(error.body())}\n\n".encode()
@@ -398,10 +400,17 @@ class Operation:
 
 
 def _supported(model: AIModel, request_type: str) -> frozenset | None:
+    return _supported_by(qualified_name(model), request_type)
+
+
+@functools.lru_cache(maxsize=4096)
+def _supported_by(litellm_model: str, request_type: str) -> frozenset | None:
+    """LiteLLM's list of the parameters a model takes: static data of the installed LiteLLM, looked up once per
+    model name instead of on every call."""
     from providers.llm import litellm
 
     try:
-        found = litellm.get_supported_openai_params(model=qualified_name(model), request_type=request_type)
+        found = litellm.get_supported_openai_params(model=litellm_model, request_type=request_type)
     except Exception:  # noqa: BLE001 - a provider LiteLLM cannot tell about: nothing is refused
         return None
     return frozenset(found) if found else None
@@ -509,7 +518,8 @@ async def _complete(ledger: _Ledger, op: Operation, candidates: list[AIModel], c
     return op.shape(data, ledger.requested)
 
 
-async def _close_upstream(iterator):
+async def close_upstream(iterator):
+    """Close an upstream stream (its connection), whatever state it is in."""
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
         try:
@@ -565,7 +575,7 @@ async def _relay(ledger: _Ledger, op: Operation, model, iterator, first, lease, 
                      tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"), ttft_ms=ttft,
                      estimated=estimated)
         if status == CLIENT_CLOSED:
-            await _close_upstream(iterator)
+            await close_upstream(iterator)
         await caller.gateway.limiter.add_tokens(model.provider, usage.get("total_tokens") or 0)
         await lease.release()
 

@@ -83,9 +83,8 @@ class UsageWriter:
                 request_id: str):
         """A call the gateway answered itself before any model was chosen (an invalid or oversized body, a key
         without the gateway scope): a `refused` record with no tokens and no cost."""
-        self.record((tenant_id, api_key_id, None, None, str(requested or "")[:200], endpoint[:30], 0, 0,
-                     Decimal(0), 0, None, REFUSED, http_status, (error_type or "")[:60], False, timezone.now(),
-                     False, request_id))
+        self.record(usage_row(tenant_id, api_key_id, requested or "", endpoint, status=REFUSED,
+                              http_status=http_status, error_type=error_type, request_id=request_id))
 
     async def flush(self):
         """Write every record queued so far (waiting for a batch another flush is writing)."""
@@ -123,6 +122,16 @@ class UsageWriter:
 USAGE_COLUMNS = ("tenant_id", "api_key_id", "provider_id", "model_id", "requested_model", "endpoint", "tokens_in",
                  "tokens_out", "cost", "latency_ms", "ttft_ms", "status", "http_status", "error_type", "streamed",
                  "created_at", "tokens_estimated", "request_id")
+
+
+def usage_row(tenant_id, api_key_id, requested, endpoint: str, *, status: str, http_status: int, request_id: str,
+              model=None, tokens_in: int = 0, tokens_out: int = 0, cost: Decimal = Decimal(0), latency_ms: int = 0,
+              ttft_ms: int | None = None, error_type: str = "", streamed: bool = False,
+              estimated: bool = False) -> tuple:
+    """One record's values, in USAGE_COLUMNS order (what UsageWriter.record takes)."""
+    return (tenant_id, api_key_id, model.provider_id if model else None, model.pk if model else None,
+            str(requested)[:200], endpoint[:30], tokens_in, tokens_out, cost, latency_ms, ttft_ms, status, http_status,
+            (error_type or "")[:60], streamed, timezone.now(), estimated, request_id)
 
 
 def _existing(model, ids: set) -> set:
