@@ -34,8 +34,11 @@ def list_credentials(request, tenant_id: UUID):
             "api_version": c.api_version,
             "deployment_name": c.deployment_name,
             "has_extra": c.extra is not None,
+            "settings": shown,
+            "secret_settings": hidden,
         }
         for c in selectors.credential_list(tenant=tenant)
+        for shown, hidden in [selectors.credential_public_settings(c)]
     ]
     return {"tenant_id": tenant.pk, "credentials": rows}
 
@@ -44,7 +47,10 @@ def list_credentials(request, tenant_id: UUID):
 def put_credential(request, tenant_id: UUID, provider: str, payload: CredentialIn):
     """Create or replace the tenant's credential for `provider` (case-insensitive; `vllm` = `hosted_vllm`).
 
-    The whole entry is replaced. azure requires api_key, endpoint, api_version and deployment_name.
+    The whole entry is replaced. azure requires api_key, endpoint, api_version and deployment_name (calls of the
+    tenant go to that deployment). Further settings of the type go in `extra` (GET /api/v1/provider-types/{type}
+    lists them: e.g. bedrock's aws_region_name, aws_access_key_id and aws_secret_access_key, vertex_ai's
+    vertex_project, vertex_location and vertex_credentials); each missing or invalid field is named in the 422.
     """
     tenant = tenant_or_404(tenant_id)
     actor: Actor = request.auth

@@ -22,14 +22,14 @@ Plaintext lives only in the returned object, for the duration of one call. Nothi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from . import crypto
 from .models import TenantCredential
 from .env_keys import env_names
 from .masking import mask
-from .provider_rules import EXTRA_OPENAI_COMPATIBLE, missing_fields
+from .provider_rules import EXTRA_OPENAI_COMPATIBLE, auth_present, call_settings, missing_fields
 
 
 class CredentialError(Exception):
@@ -58,7 +58,7 @@ class ResolvedCredential:
     api_base: str | None = None
     api_version: str | None = None
     deployment_name: str | None = None
-    extra: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # the type's settings (region, project, ...), as LiteLLM takes them
     tenant_controlled: bool = False  # the endpoint was set by a tenant: the egress policy's tenant rule applies
 
     def __repr__(self):
@@ -90,6 +90,23 @@ class ProviderEndpoint:
     base_url: str = ""  # "" = the type's default endpoint
     api_version: str = ""
     label: str = ""
+    settings: object = None  # the provider's stored settings (a Sealed JSON object, or a dict), opened per call
+
+    def open_settings(self, *, secrets: bool = True) -> dict:
+        """The provider's settings for a call; `secrets=False`: only the non-secret ones (region, project), which
+        also apply to calls with a tenant's own credential. Never the operator's secret settings then."""
+        stored = self.settings
+        if stored is None:
+            return {}
+        try:
+            values = stored.reveal() if hasattr(stored, "reveal") else stored
+        except crypto.DecryptionError:
+            raise CredentialUndecryptable(
+                f"The settings of provider '{self.label or self.provider_type}' cannot be decrypted. Encryption "
+                "key may be incorrect or data corrupted.") from None
+        # operator-only settings (the server's identity) only on an instance-level provider's own calls
+        return call_settings(self.provider_type, values if isinstance(values, dict) else {}, secrets=secrets,
+                             operator_only=secrets and self.owner_tenant_id is None)
 
 
 def _same_endpoint(a: str | None, b: str | None) -> bool:
@@ -126,7 +143,9 @@ def _from_tenant_credential(cred: TenantCredential, tenant_label: str, endpoint:
             f"Failed to decrypt credential for provider '{ptype}' (tenant '{tenant_label}'). "
             "Encryption key may be incorrect or data corrupted."
         ) from None
+    own_settings = call_settings(ptype, extra if isinstance(extra, dict) else {})
     values = {
+        **own_settings,
         "api_key": api_key or "",
         "endpoint": cred.endpoint,
         "api_version": cred.api_version,
@@ -157,7 +176,8 @@ def _from_tenant_credential(cred: TenantCredential, tenant_label: str, endpoint:
         api_base=api_base,
         api_version=cred.api_version or endpoint.api_version or None,
         deployment_name=cred.deployment_name or None,
-        extra=extra or {},
+        # the provider's region/project (not its secrets) under the tenant's own settings
+        settings={**endpoint.open_settings(secrets=False), **own_settings},
         tenant_controlled=tenant_controlled,
     )
 
@@ -202,32 +222,36 @@ def credential_resolve(
         )
     if owner is not None:
         key = provider_fallback() if provider_fallback is not None else None
-        if key is None:
+        settings = endpoint.open_settings()
+        if key is None and not auth_present(provider_type, None, settings, ambient=False):
             raise CredentialMissing(
                 f"No API key for provider '{endpoint.label or provider_type}' (tenant '{tenant_label}'): it belongs "
                 "to the tenant and has no active key of its own. Shared keys (the global key, instance-level "
                 "providers' keys) are never sent to an endpoint a tenant configured: add a key to the provider, "
                 f"or have a sysadmin set the tenant's credential for '{provider_type}'."
             )
-        return _provider_key(provider_type, key, endpoint, tenant_controlled=True)
+        return _provider_key(provider_type, key, endpoint, settings, tenant_controlled=True)
     return _shared_fallback(provider_type, provider_fallback, endpoint, f"tenant '{tenant_label}': the tenant has "
                                                                         "no credential, the provider has no active "
                                                                         "key and no global key is set")
 
 
-def _provider_key(provider_type: str, key: str, endpoint: ProviderEndpoint, *, tenant_controlled: bool):
-    """A provider's own key: sent only to that provider's base URL (or the type's default)."""
+def _provider_key(provider_type: str, key: str | None, endpoint: ProviderEndpoint, settings: dict, *,
+                  tenant_controlled: bool):
+    """A provider's own key and settings: sent only to that provider's base URL (or the type's default)."""
     api_base = endpoint.base_url or EXTRA_OPENAI_COMPATIBLE.get(provider_type) or None
     return ResolvedCredential(provider_type=provider_type, source="provider_key", api_key=key, api_base=api_base,
-                              api_version=endpoint.api_version or None, tenant_controlled=tenant_controlled)
+                              api_version=endpoint.api_version or None, settings=settings,
+                              tenant_controlled=tenant_controlled)
 
 
 def _shared_fallback(provider_type: str, provider_fallback, endpoint: ProviderEndpoint, why: str):
     """Instance-level provider, shared mode: its own active key, then the global environment key (only where
     the provider's endpoint is the one configured with that key), else a clear error."""
     key = provider_fallback() if provider_fallback is not None else None
-    if key is not None:
-        return _provider_key(provider_type, key, endpoint, tenant_controlled=False)
+    settings = endpoint.open_settings()
+    if key is not None or auth_present(provider_type, None, settings, ambient=True):
+        return _provider_key(provider_type, key, endpoint, settings, tenant_controlled=False)
     resolved = global_env_credential(provider_type)
     if resolved is None:
         raise CredentialMissing(
@@ -241,8 +265,4 @@ def _shared_fallback(provider_type: str, provider_fallback, endpoint: ProviderEn
             f"to the endpoint configured with it ({bound_to}{f', {base_var}' if base_var else ''}), and this "
             "provider points elsewhere. Add a key to the provider."
         )
-    if resolved.api_version is None and endpoint.api_version:
-        from dataclasses import replace
-
-        resolved = replace(resolved, api_version=endpoint.api_version)
-    return resolved
+    return replace(resolved, api_version=resolved.api_version or endpoint.api_version or None, settings=settings)

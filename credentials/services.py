@@ -15,7 +15,7 @@ from .egress import endpoint_allowed
 from .fields import Sealed
 from .masking import last4_of
 from .models import TenantCredential
-from .provider_rules import normalise_provider_type, requirements_for
+from .provider_rules import SettingsError, check_settings, normalise_provider_type, requirements_for
 
 
 KEEP = object()  # admin edits: "keep the stored extra settings"
@@ -56,30 +56,40 @@ def credential_check_input(
     *, provider_type: str, api_key: str | None, endpoint: str = "", api_version: str = "",
     deployment_name: str = "", extra=None, key_optional: bool = False, tenant_controlled: bool = True,
 ) -> tuple[str, dict]:
-    """Validate a credential for a (normalised) provider type; returns (api_key, cleaned values).
+    """Validate a credential for a (normalised) provider type; returns (api_key, cleaned values); the cleaned
+    settings are values["extra"] (KEEP when kept).
 
     Raises ValidationError with one message per missing or invalid field, naming the type's requirements.
+    Settings (`extra`) are the type's own (credentials.provider_rules); operator-only ones are refused in a
+    tenant's credential whoever sets it: a tenant's calls never run as the server.
     """
     api_key = (api_key or "").strip()
     values = {
         "endpoint": (endpoint or "").strip(),
         "api_version": (api_version or "").strip(),
         "deployment_name": (deployment_name or "").strip(),
+        "extra": extra,
     }
     reqs = requirements_for(provider_type)
     errors = {}
-    if not api_key and not key_optional:
-        errors["api_key"] = f"This field is required and must not be empty ({reqs.describe()})."
+    if extra is not KEEP:
+        try:
+            values["extra"] = check_settings(provider_type, extra, tenant_controlled=True, where="extra")
+        except SettingsError as exc:
+            errors.update(exc.errors)
+    settings = values["extra"] if isinstance(values["extra"], dict) else {}
+    have = {**settings, **values, "api_key": api_key or ("kept" if key_optional else "")}
     for name in reqs.required:
-        if name != "api_key" and not values.get(name):
-            errors[name] = f"This field is required ({reqs.describe()})."
+        if not have.get(name):
+            errors[name if name in have or name == "api_key" else f"extra.{name}"] = (
+                f"This field is required and must not be empty ({reqs.describe()}).")
+    if reqs.auth and not any(all(have.get(n) for n in group) for group in reqs.auth) and extra is not KEEP:
+        errors.setdefault("api_key", f"Give the key, or one of the other ways to authenticate ({reqs.describe()}).")
     if not errors.get("endpoint"):
         try:
             values["endpoint"] = endpoint_validate(values["endpoint"], tenant_controlled=tenant_controlled)
         except ValidationError as exc:
             errors.update(exc.message_dict)
-    if extra is not None and extra is not KEEP and not isinstance(extra, dict):
-        errors["extra"] = "Must be a JSON object."
     if errors:
         raise ValidationError(errors)
     return api_key, values
@@ -115,8 +125,8 @@ def credential_set(
     cred = existing or TenantCredential(tenant=tenant, provider_type=provider_type)
     before = _audit_view(existing) if existing else None
     if not key_kept:
-        cred.api_key = Sealed(crypto.encrypt(api_key))
-        cred.api_key_last4 = last4_of(api_key)
+        cred.api_key = Sealed(crypto.encrypt(api_key))  # may be "" where the settings authenticate (AWS keys)
+        cred.api_key_last4 = last4_of(api_key) if api_key else ""
     # A sysadmin's endpoint is approved (may be internal); one set by anyone else is not. A tenant admin
     # replacing only the key keeps the approval of the endpoint a sysadmin set.
     if not endpoint_stays_approved(existing, values["endpoint"]):
@@ -124,8 +134,8 @@ def credential_set(
     cred.endpoint = values["endpoint"]
     cred.api_version = values["api_version"]
     cred.deployment_name = values["deployment_name"]
-    if extra is not KEEP:
-        cred.extra = Sealed(crypto.encrypt(_json(extra)), is_json=True) if extra else None
+    if values["extra"] is not KEEP:
+        cred.extra = Sealed(crypto.encrypt(_json(values["extra"])), is_json=True) if values["extra"] else None
     cred.configured_at = timezone.now()
     cred.full_clean(exclude=["api_key", "extra"])
     cred.save()

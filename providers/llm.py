@@ -82,12 +82,19 @@ KEY_IN_HEADERS = frozenset({
 })
 
 
-def call_kwargs(provider_type: str, cred) -> dict:
-    """api_key, api_base, api_version (and key headers) for one LiteLLM call with a resolved credential: the
-    gateway, connectivity tests, model validation and health probes all build their calls here."""
+def call_kwargs(provider_type: str, cred, model: str) -> dict:
+    """model, api_key, api_base, api_version, the type's settings (AWS region and keys, Vertex project, ...) and key
+    headers for one LiteLLM call with a resolved credential: the gateway, connectivity tests, model validation
+    and health probes all build their calls here. `model` is the LiteLLM model name; a tenant's Azure credential
+    with a deployment name routes the call to that deployment."""
+    from credentials.provider_rules import auth_present
     from providers.provider_types import get_spec
 
-    params = cred.litellm_kwargs()
+    if provider_type == "azure" and cred.deployment_name:
+        model = f"azure/{cred.deployment_name}"
+    params = {**cred.settings, **cred.litellm_kwargs(), "model": model}
+    if not cred.api_key and auth_present(provider_type, None, cred.settings, ambient=True):
+        del params["api_key"]  # authenticated by its settings (AWS keys, a service account, an AD token)
     key = cred.api_key
     if provider_type == "azure":
         params["api_key"] = PLACEHOLDER_KEY

@@ -9,16 +9,7 @@ import functools
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from credentials.provider_rules import EXTRA_OPENAI_COMPATIBLE, provider_types, requirements_for
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    name: str
-    label: str
-    required: bool
-    secret: bool = False
-    help: str = ""
+from credentials.provider_rules import EXTRA_OPENAI_COMPATIBLE, SELF_HOSTED, FieldSpec, provider_types, type_fields
 
 
 @dataclass(frozen=True)
@@ -64,8 +55,6 @@ _LABELS = {
     "groq": "Groq", "cohere": "Cohere", "together_ai": "Together AI", "deepseek": "DeepSeek",
     "lm_studio": "LM Studio (self-hosted)", "xai": "xAI", "scaleway": "Scaleway",
 }
-_SELF_HOSTED = {"hosted_vllm", "ollama", "ollama_chat", "lm_studio", "llamafile", "openai_like", "xinference",
-                "triton", "infinity", "lemonade", "docker_model_runner", "custom_openai", "litellm_proxy"}
 _LISTS_MODELS = {"openai", "hosted_vllm", "openai_like", "lm_studio", "llamafile", "custom_openai", "mistral",
                  "groq", "together_ai", "deepseek", "xai", "ovhcloud", "scaleway", "berget", "anthropic",
                  "litellm_proxy", "lemonade", "docker_model_runner", "fireworks_ai", "deepinfra", "nebius"}
@@ -79,23 +68,6 @@ _TEST_MODELS = {
 _COST_MAP_ALIASES = {"bedrock": ("bedrock_converse",), "vertex_ai": ("vertex_ai-",), "fireworks_ai": ("fireworks_ai-",)}
 
 
-def _fields_for(key: str) -> tuple[FieldSpec, ...]:
-    req = requirements_for(key)
-    self_hosted = key in _SELF_HOSTED
-    key_required = "api_key" in req.required and not self_hosted
-    fields = [FieldSpec("api_key", "API key", key_required, secret=True,
-                        help="Write-only; stored encrypted." + ("" if key_required else " Optional for this type."))]
-    base_required = key == "azure" or (self_hosted and key != "hosted_vllm")
-    base_help = {
-        "azure": "Your resource endpoint, e.g. https://my-resource.openai.azure.com",
-        "hosted_vllm": "e.g. http://vllm.internal:8000/v1 (empty = VLLM_MODEL_URL).",
-    }.get(key, "e.g. http://gpu-host:8000/v1" if self_hosted else "Leave empty for the provider's public API.")
-    fields.append(FieldSpec("base_url", "Base URL", base_required, help=base_help))
-    if key == "azure":
-        fields.append(FieldSpec("api_version", "API version", True, help="e.g. 2024-06-01"))
-    return tuple(fields)
-
-
 @functools.lru_cache(maxsize=None)
 def get_spec(key: str) -> ProviderTypeSpec:
     if key not in provider_types():
@@ -105,13 +77,13 @@ def get_spec(key: str) -> ProviderTypeSpec:
         key=key,
         label=_LABELS.get(key, key.replace("_", " ").title()),
         litellm_prefix=prefix,
-        fields=_fields_for(key),
+        fields=type_fields(key),
         lists_models=key in _LISTS_MODELS,
         default_base_url=EXTRA_OPENAI_COMPATIBLE.get(key, ""),
         models_entered_by_deployment=key == "azure",
         notes=(
             "Azure's model list is not its deployment list: enter each deployment name as a model." if key == "azure"
-            else "Models are discovered from the server's /models endpoint." if key in _SELF_HOSTED else ""
+            else "Models are discovered from the server's /models endpoint." if key in SELF_HOSTED else ""
         ),
         test_models=_TEST_MODELS.get(key, ()),
     )

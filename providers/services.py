@@ -11,7 +11,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from credentials import crypto
 from credentials.fields import Sealed
 from credentials.masking import last4_of
-from credentials.provider_rules import UnknownProviderType, normalise_provider_type
+from credentials.provider_rules import SettingsError, UnknownProviderType, check_settings, normalise_provider_type
 from credentials.resolution import ProviderEndpoint, ResolvedCredential, credential_resolve
 from credentials.services import endpoint_validate
 from tenants.actors import Actor
@@ -21,7 +21,7 @@ from tenants.services import audit_record, catalog_bump
 from providers.choices import AclRole, ModelType
 from providers.models import AIModel, FavouriteProviderType, Provider, ProviderKey, TenantModelEnablement
 from providers.provider_types import get_spec, known_model
-from providers.gateway.request_schema import REQUEST_ONLY, request_fields, routing_keys, validate_call_settings
+from providers.gateway.request_schema import REQUEST_ONLY, request_fields, validate_call_settings
 
 
 class Conflict(Exception):
@@ -70,20 +70,26 @@ def _check_capabilities(capabilities) -> dict:
     return {k: bool(v) for k, v in capabilities.items()}
 
 
-def _check_provider_config(config) -> dict:
-    """Provider settings of the type's own; the endpoint is base_url, keys are provider keys, and nothing here
-    may choose a transport or headers (422 naming the keys)."""
-    if not isinstance(config, dict):
-        raise ValidationError({"config": "Must be a JSON object."})
-    routing = sorted(k for k in config if k in routing_keys() or not isinstance(k, str))
-    if routing:
-        raise ValidationError({"config": f"Not allowed in a provider's config: {', '.join(map(str, routing))}. The "
-                                         "endpoint is the base URL, keys are the provider's keys, and headers or "
-                                         "transport settings cannot be set."})
-    return config
+def _check_provider_config(provider: Provider, config, actor: Actor | None) -> dict:
+    """The type's own settings only (credentials.provider_rules): the endpoint is base_url, keys are provider keys,
+    and nothing here may choose a transport or headers (422 naming each field). Operator-only settings (the
+    server's own AWS/Entra identity) only from sysadmins on instance-level providers."""
+    try:
+        return check_settings(provider.provider_type, config, tenant_controlled=(
+            provider.tenant_id is not None or actor is None or not actor.is_operator))
+    except SettingsError as exc:
+        raise ValidationError(exc.errors) from None
 
 
-def _validate_provider(provider: Provider):
+def provider_settings(provider: Provider) -> dict:
+    """The provider's stored settings (decrypted; for forms and validation, never for output)."""
+    try:
+        return provider.config.reveal() if isinstance(provider.config, Sealed) else dict(provider.config or {})
+    except crypto.DecryptionError:
+        return {}  # shown as empty; saving new settings replaces the unreadable ones
+
+
+def _validate_provider(provider: Provider, settings: dict | None = None):
     spec = get_spec(provider.provider_type)
     errors = {}
     try:
@@ -91,22 +97,29 @@ def _validate_provider(provider: Provider):
         provider.base_url = endpoint_validate(provider.base_url or "", tenant_controlled=provider.tenant_id is not None)
     except ValidationError as exc:
         errors.update({"base_url": exc.message_dict["endpoint"]})
+    if settings is None:
+        settings = provider_settings(provider)
     for field in spec.fields:
         if not field.required or field.name == "api_key":
             continue  # a key is optional: without one, tenants' credentials or the global env key are used
-        if not getattr(provider, field.name, "") and field.name not in errors:
-            errors[field.name] = f"{field.label} is required for {spec.label}."
+        name = f"config.{field.name}" if field.is_setting else field.name
+        present = settings.get(field.name) if field.is_setting else getattr(provider, field.name, "")
+        if not present and name not in errors:
+            errors[name] = f"{field.label} is required for {spec.label}."
     if errors:
         raise ValidationError(errors)
     provider.full_clean(exclude=["config"], validate_unique=False, validate_constraints=False)
 
 
-def provider_validate(provider: Provider) -> None:
-    """Raise the ValidationError provider_create/provider_update would raise for these values.
+def provider_validate(provider: Provider, *, actor: Actor | None = None, config=...) -> dict:
+    """Raise the ValidationError provider_create/provider_update would raise for these values; returns the cleaned
+    settings (`config`: the new settings, else the stored ones).
 
     For forms' clean(), so that bad input is reported on the form instead of after it was accepted.
     """
-    _validate_provider(provider)
+    settings = provider_settings(provider) if config is ... else _check_provider_config(provider, config, actor)
+    _validate_provider(provider, settings)
+    return settings
 
 
 def _save_unique(obj, message: str):
@@ -142,9 +155,10 @@ def provider_create(
         capabilities=_check_capabilities(capabilities), instance_wide=instance_wide, status=status, rpm=rpm,
         tpm=tpm, max_concurrency=max_concurrency,
     )
-    if config:
-        provider.config = _seal(_check_provider_config(config), is_json=True)
-    _validate_provider(provider)
+    settings = _check_provider_config(provider, config, actor)
+    if settings:
+        provider.config = _seal(settings, is_json=True)
+    _validate_provider(provider, settings)
     _save_unique(provider, f"A provider named '{provider.name}' already exists "
                            f"{'in this tenant' if tenant else 'at instance level'}.")
     audit_record(actor=actor, action="provider.create", target=provider, tenant=tenant,
@@ -172,9 +186,11 @@ def provider_update(*, actor: Actor, provider: Provider, config=..., **fields) -
         fields["capabilities"] = _check_capabilities(fields["capabilities"])
     for key, value in fields.items():
         setattr(provider, key, value.strip() if isinstance(value, str) and key != "base_url" else value)
+    settings = None
     if config is not ...:
-        provider.config = _seal(_check_provider_config(config), is_json=True) if config else None
-    _validate_provider(provider)
+        settings = _check_provider_config(provider, config, actor)
+        provider.config = _seal(settings, is_json=True) if settings else None
+    _validate_provider(provider, settings)
     _save_unique(provider, f"A provider named '{provider.name}' already exists.")
     after = _audit_provider(provider)
     if config is not ...:
@@ -283,7 +299,7 @@ def provider_credential(*, provider: Provider, tenant: Tenant | None, active_key
         tenant = provider.tenant
     endpoint = ProviderEndpoint(provider_type=provider.provider_type, owner_tenant_id=provider.tenant_id,
                                 base_url=provider.base_url or "", api_version=provider.api_version or "",
-                                label=provider.name)
+                                label=provider.name, settings=provider.config)
     return credential_resolve(tenant=tenant, provider_type=provider.provider_type,
                               provider_fallback=provider_fallback, tenant_credential=tenant_credential,
                               endpoint=endpoint)

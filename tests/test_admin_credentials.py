@@ -1,3 +1,4 @@
+import json
 import pytest
 
 from credentials.models import TenantCredential
@@ -28,7 +29,8 @@ def test_add_form_explains_fields_per_type(admin_client, tenant):
     page = admin_client.get(ADD).content.decode()
     assert 'type="password"' in page and "provider-requirements" in page
     assert "Write-only" in page and "azure needs endpoint" in page
-    assert '"azure": {"required": ["api_key", "endpoint", "api_version", "deployment_name"]' in page
+    assert '"azure": {"required": ["endpoint", "api_version", "deployment_name"]' in page
+    assert '"one_of": [["api_key"], ["azure_ad_token"]]' in page
 
 
 def test_add_azure_missing_fields_shows_errors_and_saves_nothing(admin_client, tenant):
@@ -52,7 +54,7 @@ def test_add_and_edit_keeps_secret_write_only(admin_client, tenant):
 
     # A blank key field keeps the stored key (no masked value ever round-trips into storage).
     r = admin_client.post(change_url, {"api_key_input": "", "endpoint": "https://api2.example.org/v1"})
-    assert r.status_code == 302
+    assert r.status_code == 302, r.context["adminform"].form.errors
     cred.refresh_from_db()
     assert cred.api_key.reveal() == CANARY and cred.endpoint == "https://api2.example.org/v1"
     # A new key replaces it.
@@ -70,7 +72,22 @@ def test_extra_settings_are_write_only(admin_client, tenant):
     cred = TenantCredential.objects.get()
     assert cred.extra.reveal() == {"organization": "org-hidden-42"}
     page = admin_client.get(f"/admin/credentials/tenantcredential/{cred.pk}/change/").content.decode()
-    assert "org-hidden-42" not in page
+    assert 'value="org-hidden-42"' in page  # not a secret: shown in its own field
+    admin_client.post(ADD, {"tenant": tenant.pk, "provider_type": "bedrock", "extra_input": json.dumps(
+        {"aws_region_name": "eu-north-1", "aws_access_key_id": "AKIAEXAMPLE", "aws_secret_access_key": CANARY})})
+    cred = TenantCredential.objects.get(provider_type="bedrock")
+    change_url = f"/admin/credentials/tenantcredential/{cred.pk}/change/"
+    page = admin_client.get(change_url).content.decode()
+    assert CANARY not in page and 'value="eu-north-1"' in page and "id_setting__aws_secret_access_key" in page
+    r = admin_client.post(change_url, {"setting__aws_region_name": "eu-west-1", "setting__aws_access_key_id":
+                                       "AKIAEXAMPLE"})  # the secret left blank: kept
+    assert r.status_code == 302, r.context["adminform"].form.errors
+    cred.refresh_from_db()
+    assert cred.extra.reveal() == {"aws_region_name": "eu-west-1", "aws_access_key_id": "AKIAEXAMPLE",
+                                   "aws_secret_access_key": CANARY}
+    r = admin_client.post(change_url, {"setting__aws_region_name": "eu-west-1", "setting__aws_profile_name": "prod",
+                                       "setting__aws_access_key_id": "AKIAEXAMPLE"})
+    assert r.status_code == 200 and "Only a sysadmin can set this" in r.content.decode()
     r = admin_client.post(ADD, {"tenant": tenant.pk, "provider_type": "anthropic", "api_key_input": "sk-a-123456",
                                 "extra_input": "[1, 2]"})
     assert "Must be a JSON object" in r.content.decode()

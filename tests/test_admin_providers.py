@@ -178,26 +178,39 @@ def test_list_pages_run_a_constant_number_of_queries(client, operator, django_us
 
 # --- change page: edits, keys, models ----------------------------------------------------------------
 
-def test_edit_goes_through_the_service_and_config_is_write_only(admin_client, tenant):
-    provider = make_provider(tenant=tenant, name="Before")
+def test_edit_goes_through_the_service_and_settings_follow_the_type(admin_client, tenant):
+    """The type's settings (from LiteLLM's field catalog) are fields of their own: secret ones write-only."""
+    secret = "aws-secret-canary-0123456789"
+    provider = make_provider(tenant=tenant, name="Before", provider_type="bedrock", api_key=None,
+                             config={"aws_region_name": "eu-north-1"})
     data = change_form_data(admin_client.get(change_url(provider)))
-    data.update({"name": "After", "config_input": '{"organization": "org-hidden-42"}',
-                 "capability_flags": ["vision", "tools"]})
+    data.update({"name": "After", "setting__aws_access_key_id": "AKIAEXAMPLE1", "setting__aws_secret_access_key":
+                 secret, "capability_flags": ["vision", "tools"]})
     response = admin_client.post(change_url(provider), data)
     assert response.status_code == 302, response.context["adminform"].form.errors
     provider.refresh_from_db()
-    assert provider.name == "After" and provider.config.reveal() == {"organization": "org-hidden-42"}
+    assert provider.name == "After" and provider.config.reveal() == {
+        "aws_region_name": "eu-north-1", "aws_access_key_id": "AKIAEXAMPLE1", "aws_secret_access_key": secret}
     assert provider.capabilities["vision"] and not provider.capabilities["reasoning"]
     event = AuditEvent.objects.filter(action="provider.update", source="admin").get()
     assert event.changes["name"] == ["Before", "After"] and event.changes["config"][1] == "***CHANGED***"
     page = admin_client.get(change_url(provider)).content.decode()
-    assert "org-hidden-42" not in page
+    assert secret not in page and 'value="eu-north-1"' in page and 'value="AKIAEXAMPLE1"' not in page
 
-    data = change_form_data(admin_client.get(change_url(provider)))  # blank config field keeps the stored one
+    data = change_form_data(admin_client.get(change_url(provider)))  # a blank secret field keeps the stored one
     data["base_url"] = "not a url"
     response = admin_client.post(change_url(provider), data)
     assert response.status_code == 200 and "Enter a valid http(s) URL" in response.content.decode()
     data["base_url"] = ""
+    data["setting__aws_region_name"] = ""
+    response = admin_client.post(change_url(provider), data)
+    assert response.context["adminform"].form.errors == {
+        "setting__aws_region_name": ["AWS Region Name is required for AWS Bedrock."]}
+    data["setting__aws_region_name"] = "eu-north-1"
+    data["setting__aws_profile_name"] = "prod"  # the server's own identity: never on a tenant's provider
+    response = admin_client.post(change_url(provider), data)
+    assert "Only a sysadmin can set this" in str(response.context["adminform"].form.errors)
+    del data["setting__aws_profile_name"]
     make_provider(tenant=tenant, name="Taken")
     data["name"] = "Taken"
     response = admin_client.post(change_url(provider), data)
@@ -206,7 +219,7 @@ def test_edit_goes_through_the_service_and_config_is_write_only(admin_client, te
     data["name"] = "After"
     assert admin_client.post(change_url(provider), data).status_code == 302
     provider.refresh_from_db()
-    assert provider.config.reveal() == {"organization": "org-hidden-42"}
+    assert provider.config.reveal()["aws_secret_access_key"] == secret
 
 
 def test_key_rotation_in_the_inline(admin_client):

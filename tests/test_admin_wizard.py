@@ -130,7 +130,8 @@ def test_connection_step_follows_the_registry_and_reports_errors(admin_client, t
     page = admin_client.get(CONNECTION).content.decode()
     assert "API version" in page and "deployment list" in page and 'type="password"' in page
     response = admin_client.post(CONNECTION, {"name": "Azure"})
-    assert set(response.context["form"].errors) == {"api_key", "base_url", "api_version"}
+    assert set(response.context["form"].errors) == {"base_url", "api_version"}  # a key may come later (or an AD
+    # token, or tenants' own credentials)
     response = admin_client.post(CONNECTION, {"name": "Azure", "api_key": "azure-key-123456",
                                               "base_url": "not a url", "api_version": "2024-06-01"})
     assert "Enter a valid http(s) URL" in response.content.decode()

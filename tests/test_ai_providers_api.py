@@ -288,16 +288,16 @@ def test_delete_with_models_is_409_unless_forced(client, tenant, tenant_key):
 # --- read, update -------------------------------------------------------------------------------------------
 
 def test_get_shape_and_partial_update(client, tenant, tenant_key):
-    p = make_provider(tenant=tenant, name="Acme", api_key="sk-acme-key-9876", rpm=10, config={"org": "acme"},
-                      capabilities={"vision": True})
+    p = make_provider(tenant=tenant, name="Acme", api_key="sk-acme-key-9876", rpm=10,
+                      config={"organization": "org-acme"}, capabilities={"vision": True})
     r = call(client, "get", f"/ai-providers/{p.public_id}", tenant_key)
     body = r.json()
     assert set(body) == {"id", "name", "provider_type", "tenant_id", "base_url", "api_version", "capabilities",
                          "instance_wide", "status", "rpm", "tpm", "max_concurrency", "health", "has_config",
-                         "keys_count", "active_key_last4", "models_count", "created_at", "updated_at"}
+                         "settings", "secret_settings", "keys_count", "active_key_last4", "models_count", "created_at", "updated_at"}
     assert body["id"] == p.public_id and body["has_config"] is True and body["active_key_last4"] == "...9876"
     assert body["health"] == {"status": "unknown", "checked_at": None, "latency_ms": None, "error": ""}
-    assert "org" not in r.content.decode() and "acme\"" not in r.content.decode()
+    assert body["settings"] == {"organization": "org-acme"} and body["secret_settings"] == []  # not secret
 
     r = call(client, "patch", f"/ai-providers/{p.public_id}", tenant_key,
              {"tpm": 5000, "base_url": "https://proxy.example.org/v1/", "config": None, "status": "inactive"})
@@ -306,11 +306,11 @@ def test_get_shape_and_partial_update(client, tenant, tenant_key):
     assert body["rpm"] == 10 and body["tpm"] == 5000 and body["name"] == "Acme"  # untouched fields kept
     assert body["base_url"] == "https://proxy.example.org/v1" and body["has_config"] is False
     assert body["status"] == "inactive" and body["capabilities"] == {"vision": True}
-    r = call(client, "patch", f"/ai-providers/{p.public_id}", tenant_key, {"config": {"org": "new"}, "base_url": None})
+    r = call(client, "patch", f"/ai-providers/{p.public_id}", tenant_key, {"config": {"organization": "o2"}, "base_url": None})
     assert r.json()["has_config"] is True and r.json()["base_url"] == ""
     p.refresh_from_db()
-    assert p.config.reveal() == {"org": "new"}
-    for bad in ({"config": [1]}, {"provider_type": "anthropic"}, {"rpm": "x"}, {"name": None}, {"status": "x"}):
+    assert p.config.reveal() == {"organization": "o2"}
+    for bad in ({"config": [1]}, {"config": {"org": "x"}}, {"config": {"organization": "os.environ/OPENAI_API_KEY"}}, {"provider_type": "anthropic"}, {"rpm": "x"}, {"name": None}, {"status": "x"}):
         assert call(client, "patch", f"/ai-providers/{p.public_id}", tenant_key, bad).status_code == 422, bad
 
 
@@ -460,7 +460,7 @@ def test_key_rotation_through_the_api(client, tenant, tenant_key):
 
 def test_canary_never_leaves_the_api_or_lands_in_plaintext(client, tenant, tenant_key, all_logs):
     r = call(client, "post", "/ai-providers", tenant_key, {
-        "name": "Canary", "provider_type": "openai", "api_key": CANARY, "config": {"token": CANARY},
+        "name": "Canary", "provider_type": "openai", "api_key": CANARY, "config": {"organization": "org-1"},
         "models": [{"model_id": "gpt-4o", "model_config": {"prompt_cache_key": CANARY}}]})
     assert r.status_code == 201, r.content
     pid = r.json()["id"]

@@ -50,6 +50,7 @@ def test_put_list_replace_delete(client, tenant, super_headers):
     assert listing["credentials"] == [{
         "provider": "openai", "masked_key": "...2222", "encryption_status": "encrypted",
         "endpoint": "https://proxy.example.org/v1", "api_version": "", "deployment_name": "", "has_extra": False,
+        "settings": {}, "secret_settings": [],
         "configured_at": listing["credentials"][0]["configured_at"], "updated_at": listing["credentials"][0]["updated_at"],
     }]
     assert "sk-second-key" not in json.dumps(listing)
@@ -103,7 +104,8 @@ def test_azure_requires_all_fields(client, tenant, super_headers):
     detail = r.json()["detail"]
     fields = {d["loc"][-1] for d in detail}
     assert fields == {"endpoint", "api_version", "deployment_name"}
-    assert all("api_key, endpoint, api_version, deployment_name" in d["msg"] for d in detail)
+    assert all("requires: endpoint, api_version, deployment_name; and one of: api_key | azure_ad_token" in d["msg"]
+               for d in detail)
     assert not TenantCredential.objects.exists()
     ok = put(client, tenant.pk, "azure", {"api_key": "azure-key-123456", "endpoint": "https://x.openai.azure.com",
                                           "api_version": "2024-06-01", "deployment_name": "gpt4o"}, super_headers)
@@ -151,7 +153,9 @@ def test_openapi_docs_served(admin_client):
 
 def test_canary_never_leaves_the_database_in_clear(client, admin_client, tenant, super_headers, all_logs):
     bodies = []
-    r = put(client, tenant.pk, "openai", {"api_key": CANARY, "extra": {"token": CANARY}}, super_headers)
+    r = put(client, tenant.pk, "bedrock", {"api_key": CANARY, "extra": {
+        "aws_region_name": "eu-north-1", "aws_access_key_id": "AKIAEXAMPLE", "aws_secret_access_key": CANARY}},
+        super_headers)
     bodies.append(r.content.decode())
     r = put(client, tenant.pk, "azure", {"api_key": CANARY}, super_headers)  # a 422 error path
     bodies.append(r.content.decode())

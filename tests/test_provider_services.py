@@ -23,8 +23,9 @@ def test_registry_lists_every_litellm_provider():
     expected = {p.value for p in litellm.provider_list} - {"vllm"}
     assert expected <= keys and "berget" in keys
     azure = get_spec("azure")
-    assert [f.name for f in azure.fields if f.required] == ["api_key", "base_url", "api_version"]
-    assert azure.models_entered_by_deployment and azure.sensitive_parameters == ("api_key",)
+    assert [f.name for f in azure.fields if f.required] == ["base_url", "api_version"]
+    assert azure.models_entered_by_deployment and azure.sensitive_parameters == ("api_key", "azure_ad_token",
+                                                                               "client_secret")
     openai_models = {m.model_id: m for m in get_spec("openai").known_models()}
     assert openai_models["gpt-4o-mini"].context_window == 128000
     assert openai_models["gpt-4o-mini"].supports_vision and openai_models["gpt-4o-mini"].supports_tools

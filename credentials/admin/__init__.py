@@ -8,6 +8,9 @@ from tenants.actors import Actor
 from tenants.admin import TenantAdmin, TenantScopedAdminMixin
 
 from .. import services
+from ..forms import SETTING_PREFIX, settings_form_class
+from ..provider_rules import type_fields
+from ..selectors import credential_settings
 from ..models import TenantCredential
 from .forms import TenantCredentialAdminForm, requirements_map
 
@@ -27,20 +30,28 @@ class TenantCredentialAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     change_form_template = "admin/credentials/tenantcredential/change_form.html"
 
     def get_fieldsets(self, request, obj=None):
-        main = ("tenant", "provider_type", "api_key_input", "endpoint", "api_version", "deployment_name")
-        if obj is not None:
-            main = ("tenant", "provider_type", "masked_key", "status_badge", "api_key_input", "endpoint",
-                    "api_version", "deployment_name")
+        description = ("A tenant's own key for one provider type. Calls of this tenant to models of that type use it; "
+                       "if it is broken the call fails with a clear error and never falls back to another key.")
+        if obj is None:
+            return [
+                (None, {"fields": ("tenant", "provider_type", "api_key_input", "endpoint", "api_version",
+                                   "deployment_name"), "description": description}),
+                ("Settings", {"fields": ("extra_input",)}),
+            ]
+        settings = tuple(SETTING_PREFIX + f.name for f in type_fields(obj.provider_type) if f.is_setting)
         return [
-            (None, {"fields": main,
-                    "description": "A tenant's own key for one provider type. Calls of this tenant to models of "
-                                   "that type use it; if it is broken the call fails with a clear error and never "
-                                   "falls back to another key."}),
-            ("Advanced", {"fields": ("extra_input", "clear_extra") + (("configured_at", "updated_at") if obj else ()),
-                          "classes": ("collapse",)}),
+            (None, {"fields": ("tenant", "provider_type", "masked_key", "status_badge", "api_key_input", "endpoint",
+                               "api_version", "deployment_name"), "description": description}),
+            ("Settings", {"fields": (*settings, "clear_extra"),
+                          "description": "The provider type's further settings (from LiteLLM's field catalog). "
+                                         "Secret ones are write-only: leave blank to keep them."}),
+            ("Record", {"fields": ("configured_at", "updated_at"), "classes": ("collapse",)}),
         ]
 
     def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is not None:  # the type's settings (AWS region and keys, ...) as fields of their own
+            kwargs["form"] = settings_form_class(self.form, obj.provider_type, credential_settings(obj),
+                                                 readonly=self.get_readonly_fields(request, obj))
         form = super().get_form(request, obj, change=change, **kwargs)
         form.actor = Actor.from_request(request, source="admin")  # who sets the endpoint decides its egress rule
         return form
@@ -68,7 +79,7 @@ class TenantCredentialAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             return False
         return super().lookup_allowed(lookup, value, request)
 
-    @method_decorator(sensitive_post_parameters("api_key_input", "extra_input"))
+    @method_decorator(sensitive_post_parameters())
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         extra_context = {**(extra_context or {}), "provider_requirements": requirements_map()}
         return super().changeform_view(request, object_id, form_url, extra_context)

@@ -3,10 +3,10 @@ from django import forms
 from tenants.actors import SYSTEM
 from django.core.exceptions import ValidationError
 
-from ..forms import SecretJSONField
+from ..forms import SETTING_PREFIX, SecretJSONField, settings_form_value
 from ..models import TenantCredential
 from ..provider_rules import UnknownProviderType, normalise_provider_type, provider_types, requirements_for
-from ..services import KEEP, endpoint_stays_approved, credential_check_input
+from ..services import endpoint_stays_approved, credential_check_input
 
 
 def requirements_map() -> dict:
@@ -14,7 +14,8 @@ def requirements_map() -> dict:
     out = {}
     for ptype in provider_types():
         req = requirements_for(ptype)
-        out[ptype] = {"required": list(req.required), "optional": list(req.optional), "note": req.note}
+        out[ptype] = {"required": list(req.required), "optional": list(req.optional), "note": req.note,
+                      "one_of": [list(group) for group in req.auth]}
     return out
 
 
@@ -33,11 +34,15 @@ class TenantCredentialAdminForm(forms.ModelForm):
         help_text="Write-only. Stored encrypted. On an existing credential, leave blank to keep the current key.",
     )
     extra_input = SecretJSONField(
-        label="Extra settings (JSON)",
-        help_text="Optional JSON object of further provider settings, stored encrypted and never shown again. "
-                  "Leave blank to keep what is stored.",
+        label="Settings (JSON)",
+        help_text="The type's further settings as a JSON object, e.g. {\"aws_region_name\": \"eu-north-1\", "
+                  "\"aws_access_key_id\": \"...\", \"aws_secret_access_key\": \"...\"} for bedrock. GET "
+                  "/api/v1/provider-types/<type> lists them. Stored encrypted; after saving, each has a field of its "
+                  "own on this page.",
     )
-    clear_extra = forms.BooleanField(required=False, help_text="Remove the stored extra settings.")
+    clear_extra = forms.BooleanField(required=False, label="Clear settings",
+                                     help_text="Remove all stored settings of this credential.")
+    settings_stored: dict = {}  # the credential's settings when the form was built (change form, get_form)
 
     class Meta:
         model = TenantCredential
@@ -57,10 +62,9 @@ class TenantCredentialAdminForm(forms.ModelForm):
     def extra_value(self):
         if self.cleaned_data.get("clear_extra"):
             return None
-        value = self.cleaned_data.get("extra_input")
-        if value is None and self.instance.pk:
-            return KEEP
-        return value
+        if self.instance.pk:  # the type's settings have fields of their own
+            return settings_form_value(self.cleaned_data, self.instance.provider_type, self.settings_stored)
+        return self.cleaned_data.get("extra_input")
 
     def clean(self):
         data = super().clean()
@@ -74,13 +78,16 @@ class TenantCredentialAdminForm(forms.ModelForm):
                 endpoint=data.get("endpoint") or "",
                 api_version=data.get("api_version") or "",
                 deployment_name=data.get("deployment_name") or "",
+                extra=self.extra_value(),
                 key_optional=bool(self.instance.pk),
                 tenant_controlled=not (self.actor.is_operator or endpoint_stays_approved(
                     self.instance if self.instance.pk else None, data.get("endpoint") or "")),
             )
         except ValidationError as exc:
             for field, messages in exc.message_dict.items():
-                target = "api_key_input" if field == "api_key" else field
+                target = {"api_key": "api_key_input"}.get(field, field)
+                if field.startswith("extra."):
+                    target = SETTING_PREFIX + field[6:] if self.instance.pk else "extra_input"
                 if target not in self.fields:
                     target = None
                 for message in messages:

@@ -7,7 +7,7 @@ import copy
 from django import forms
 from django.core.exceptions import ValidationError
 
-from credentials.forms import SecretJSONField
+from credentials.forms import SETTING_PREFIX, SecretJSONField, settings_form_fields, settings_form_value
 from tenants.models import Tenant
 
 from providers import services
@@ -92,7 +92,6 @@ class ProviderChangeForm(forms.ModelForm):
         choices=[(flag, CAPABILITY_LABELS[flag]) for flag in services.CAPABILITY_FLAGS],
         help_text="What the provider's API supports. Each model has its own flags as well.",
     )
-    config_input, clear_config = secret_json_fields("Further settings (JSON)", "Optional further provider settings")
     base_url = forms.CharField(required=False, max_length=500, label="Base URL",  # checked by the service rules
                                help_text=Provider._meta.get_field("base_url").help_text)
 
@@ -102,6 +101,9 @@ class ProviderChangeForm(forms.ModelForm):
         help_texts = PROVIDER_HELP
         labels = {"api_version": "API version", "rpm": "Requests per minute", "tpm": "Tokens per minute",
                   "instance_wide": "Instance-wide"}
+
+    actor = None  # set per request by the admin (get_form): who sets operator-only settings matters
+    settings_stored: dict = {}  # the provider's settings when the form was built (get_form)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -115,9 +117,9 @@ class ProviderChangeForm(forms.ModelForm):
             if name in data:
                 setattr(candidate, name, data[name])
         try:
-            services.provider_validate(candidate)
+            services.provider_validate(candidate, actor=self.actor, config=self.config_value())
         except ValidationError as exc:
-            add_service_errors(self, exc)
+            add_service_errors(self, exc, {f"config.{n}": SETTING_PREFIX + n for n in self.setting_names()})
             return data
         if "base_url" in data:
             data["base_url"] = candidate.base_url
@@ -129,8 +131,12 @@ class ProviderChangeForm(forms.ModelForm):
         chosen = set(self.cleaned_data.get("capability_flags") or ())
         return {flag: flag in chosen for flag in services.CAPABILITY_FLAGS}
 
+    def setting_names(self):
+        return [n[len(SETTING_PREFIX):] for n in self.fields if n.startswith(SETTING_PREFIX)]
+
     def config_value(self):
-        return secret_json_value(self, "config_input", "clear_config")
+        """The type's settings as entered (a blank secret keeps the stored one)."""
+        return settings_form_value(self.cleaned_data, self.instance.provider_type, self.settings_stored)
 
 
 class ProviderKeyInlineForm(forms.ModelForm):
@@ -260,10 +266,13 @@ class WizardTypeForm(forms.Form):
 class WizardCredentialsForm(forms.Form):
     name = forms.CharField(max_length=200, help_text=Provider._meta.get_field("name").help_text)
 
-    def __init__(self, *args, spec: ProviderTypeSpec, tenant, key_stored: bool, **kwargs):
+    def __init__(self, *args, spec: ProviderTypeSpec, tenant, key_stored: bool, actor=None, settings_stored=None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self.spec, self.tenant = spec, tenant
+        self.spec, self.tenant, self.actor, self.settings_stored = spec, tenant, actor, settings_stored or {}
         for field in spec.fields:
+            if field.is_setting:
+                continue
             if field.secret:
                 help_text = field.help + (" A key is already entered: leave blank to keep it." if key_stored else "")
                 self.fields[field.name] = forms.CharField(
@@ -278,9 +287,13 @@ class WizardCredentialsForm(forms.Form):
             self.fields["key_label"] = forms.CharField(
                 label="Key label", required=False, max_length=100,
                 help_text=ProviderKey._meta.get_field("label").help_text)
+        self.fields.update(settings_form_fields(spec.key, stored=self.settings_stored))
         if tenant is None:
             self.fields["instance_wide"] = forms.BooleanField(
                 required=False, help_text=Provider._meta.get_field("instance_wide").help_text)
+
+    def settings_value(self) -> dict:
+        return settings_form_value(self.cleaned_data, self.spec.key, self.settings_stored)
 
     def clean(self):
         data = super().clean()
@@ -290,9 +303,9 @@ class WizardCredentialsForm(forms.Form):
                              base_url=data.get("base_url") or "", api_version=data.get("api_version") or "",
                              instance_wide=bool(data.get("instance_wide")))
         try:
-            services.provider_validate(candidate)
+            data["settings"] = services.provider_validate(candidate, actor=self.actor, config=self.settings_value())
         except ValidationError as exc:
-            add_service_errors(self, exc)
+            add_service_errors(self, exc, {f"config.{f.name}": SETTING_PREFIX + f.name for f in self.spec.fields})
             return data
         data["name"], data["base_url"] = candidate.name, candidate.base_url
         check_name_free(self, candidate)

@@ -8,6 +8,7 @@ from django.http import HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from credentials.forms import SETTING_PREFIX, settings_form_class
 from credentials.masking import mask_last4
 
 from providers import services
@@ -118,7 +119,9 @@ class ProviderAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
             main.append("env_source")
         return [
             (None, {"fields": main}),
-            ("Connection", {"fields": ("base_url", "api_version", "config_input", "clear_config")}),
+            ("Connection", {"fields": ("base_url", "api_version",
+                                       *(SETTING_PREFIX + f.name for f in get_spec(obj.provider_type).fields
+                                         if f.is_setting))} if obj is not None else {"fields": ("base_url",)}),
             ("Capabilities and limits", {"fields": ("capability_flags", "rpm", "tpm", "max_concurrency")}),
             ("Health", {"fields": ("health", "health_error")}),
             ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
@@ -180,12 +183,22 @@ class ProviderAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
                          "lists_models": get_spec(provider.provider_type).lists_models}
         return super().change_view(request, object_id, form_url, extra_context)
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is not None:  # the type's settings (AWS region, Vertex project, ...) as fields of their own
+            kwargs["form"] = settings_form_class(self.form, obj.provider_type, services.provider_settings(obj),
+                                                 readonly=self.get_readonly_fields(request, obj))
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.actor = actor_for(request)
+        return form
+
     def save_model(self, request, obj, form, change):
         obj.refresh_from_db()  # the form already copied its values onto obj; the service needs the "before"
         fields = {name: form.cleaned_data[name] for name in form.changed_data if name in services.PROVIDER_FIELDS}
         if "capability_flags" in form.changed_data:
             fields["capabilities"] = form.capabilities_value()
-        services.provider_update(actor=actor_for(request), provider=obj, config=form.config_value(), **fields)
+        config = form.config_value()
+        services.provider_update(actor=actor_for(request), provider=obj, **fields,
+                                 **({"config": config} if config != form.settings_stored else {}))
 
     def save_formset(self, request, form, formset, change):
         """Keys and models are written through the services, row by row (never formset.save())."""

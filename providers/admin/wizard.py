@@ -9,6 +9,8 @@ handed to provider_create as a Sealed value. The state is cleared once the provi
 """
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -191,7 +193,8 @@ class ProviderWizard:
         if isinstance(resumed, HttpResponse):
             return resumed
         state, spec, tenant = resumed
-        form_kwargs = {"spec": spec, "tenant": tenant, "key_stored": bool(state.get("sealed_key"))}
+        form_kwargs = {"spec": spec, "tenant": tenant, "key_stored": bool(state.get("sealed_key")),
+                       "actor": actor_for(request), "settings_stored": self._settings(state)}
         if request.method == "POST":
             if "_back" in request.POST:
                 return HttpResponseRedirect(self._url("add"))
@@ -204,6 +207,7 @@ class ProviderWizard:
                 data = form.cleaned_data
                 if data.get("base_url", "") != state.get("base_url", ""):
                     state.pop("discovered", None)
+                self._keep_settings(state, spec, data["settings"])
                 state.update({
                     "name": data["name"], "base_url": data.get("base_url", ""),
                     "api_version": data.get("api_version", ""), "key_label": data.get("key_label", ""),
@@ -300,6 +304,22 @@ class ProviderWizard:
         return ModelSource(registry.options, registry.description, found["error"])
 
     @staticmethod
+    def _keep_settings(state: dict, spec: ProviderTypeSpec, values: dict) -> None:
+        """The type's settings between steps: the non-secret ones as they are, the secret ones only encrypted."""
+        secret = {f.name for f in spec.fields if f.secret}
+        state["settings"] = {k: v for k, v in values.items() if k not in secret}
+        hidden = {k: v for k, v in values.items() if k in secret}
+        state["sealed_settings"] = crypto.encrypt(json.dumps(hidden)) if hidden else ""
+
+    @staticmethod
+    def _settings(state: dict) -> dict:
+        try:
+            hidden = json.loads(crypto.decrypt(state["sealed_settings"])) if state.get("sealed_settings") else {}
+        except crypto.DecryptionError:
+            hidden = {}  # entered again on step 2
+        return {**(state.get("settings") or {}), **hidden}
+
+    @staticmethod
     def _discover(state: dict, spec: ProviderTypeSpec, base_url: str) -> dict:
         try:
             api_key = crypto.decrypt(state["sealed_key"]) if state.get("sealed_key") else ""
@@ -317,6 +337,7 @@ class ProviderWizard:
                 provider_type=spec.key, base_url=state.get("base_url", ""), api_version=state.get("api_version", ""),
                 instance_wide=bool(state.get("instance_wide")) and tenant is None,
                 sealed_api_key=Sealed(state["sealed_key"]) if state.get("sealed_key") else None,
+                config=self._settings(state),
                 key_label=state.get("key_label", ""), models=[{"model_id": m} for m in model_ids],
             )
         except (ValidationError, services.Conflict) as exc:

@@ -15,6 +15,7 @@ from ninja import Field, Schema
 from pydantic import ConfigDict
 
 from credentials.masking import mask_last4
+from credentials.provider_rules import setting_fields
 from tenants.schemas import NoNulIn
 
 from providers.choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
@@ -44,11 +45,25 @@ class InSchema(NoNulIn):
 # --- Provider types (registry) -----------------------------------------------------------------------------
 
 class FieldSpecOut(Schema):
-    name: str = Field(..., description="Field name in the create body (api_key, base_url, api_version).")
+    name: str = Field(..., description="api_key, base_url and api_version are fields of the create body (a tenant "
+                                       "credential calls base_url `endpoint`); every other name is a key of "
+                                       "`config` (a tenant credential's `extra`).")
     label: str
     required: bool
     secret: bool = Field(..., description="Write-only: never returned by the API.")
+    kind: str = Field(..., description="text, password, select, json (a JSON object, e.g. a service-account key) "
+                                       "or file.")
+    options: list[str] = Field(..., description="The allowed values of a select.")
+    default: Optional[str] = None
+    placeholder: str
+    operator_only: bool = Field(..., description="Only sysadmins, only on instance-level providers (settings that "
+                                                 "use the server's own identity).")
+    stored_in: str = Field(..., description="column (its own field) or config (the provider's settings).")
     help: str
+
+    @staticmethod
+    def resolve_stored_in(field) -> str:
+        return "config" if field.is_setting else "column"
 
 
 class KnownModelOut(Schema):
@@ -170,12 +185,25 @@ class ModelOut(Schema):
 
 # --- Providers ---------------------------------------------------------------------------------------------
 
+def _settings(provider) -> dict:
+    from providers.services import provider_settings
+
+    return {k: v for k, v in provider_settings(provider).items() if v not in (None, "")}
+
+
+def _is_secret(provider, name: str) -> bool:
+    spec = setting_fields(provider.provider_type).get(name)
+    return spec is None or spec.secret
+
+
 class _ProviderFields(InSchema):
     base_url: Optional[str] = Field(None, max_length=500, description="API base URL (required for Azure and "
                                                                       "most self-hosted servers).")
     api_version: Optional[str] = Field(None, max_length=50, description="API version (Azure).")
-    config: Optional[dict[str, Any]] = Field(None, description="Further provider settings: stored encrypted, "
-                                                               "write-only.")
+    config: Optional[dict[str, Any]] = Field(None, description="The type's settings (GET /provider-types/{type}: "
+                                                               "the fields stored in config, e.g. aws_region_name); "
+                                                               "stored encrypted; secret ones write-only. Replaces "
+                                                               "the stored settings as a whole.")
     capabilities: Optional[dict[str, bool]] = Field(
         None, description="Flags: system_prompt, json_mode, reasoning, vision, tools, streaming.")
     rpm: Optional[int] = _count("Requests per minute (null = no limit).")
@@ -235,7 +263,9 @@ class ProviderOut(Schema):
     tpm: Optional[int]
     max_concurrency: Optional[int]
     health: HealthOut
-    has_config: bool = Field(..., description="Whether a config is stored (its values are never returned).")
+    has_config: bool = Field(..., description="Whether settings are stored.")
+    settings: dict[str, Any] = Field(..., description="The non-secret settings (region, project, ...).")
+    secret_settings: list[str] = Field(..., description="Names of the secret settings that are set (never values).")
     keys_count: int
     active_key_last4: Optional[str] = Field(..., description="The key in use, masked ('...abcd'); null = none.")
     models_count: int
@@ -254,6 +284,14 @@ class ProviderOut(Schema):
     @staticmethod
     def resolve_has_config(provider) -> bool:
         return provider.config is not None
+
+    @staticmethod
+    def resolve_settings(provider) -> dict:
+        return {k: v for k, v in _settings(provider).items() if not _is_secret(provider, k)}
+
+    @staticmethod
+    def resolve_secret_settings(provider) -> list[str]:
+        return sorted(k for k in _settings(provider) if _is_secret(provider, k))
 
     @staticmethod
     def resolve_active_key_last4(provider) -> str | None:

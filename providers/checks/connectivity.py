@@ -77,8 +77,8 @@ def _probe(provider: Provider, model: AIModel | None, model_id: str, model_type:
     from providers.services import model_settings
 
     name = litellm_model_name(provider.provider_type, model_id)
-    kwargs = {**(model_settings(model) if model is not None else {}), "model": name,
-              **call_kwargs(provider.provider_type, cred), "timeout": settings.PROVIDER_TEST_TIMEOUT,
+    kwargs = {**(model_settings(model) if model is not None else {}),
+              **call_kwargs(provider.provider_type, cred, name), "timeout": settings.PROVIDER_TEST_TIMEOUT,
               "num_retries": 0, "max_retries": 0}
     with secret_scope(cred.api_key), egress_scope(tenant_controlled=cred.tenant_controlled):
         if model_type == ModelType.EMBEDDING:

@@ -100,8 +100,9 @@ async def _probe_call(probe: Probe, started: float) -> ProbeResult:
     from providers.services import model_settings
 
     model, cred = probe.model, probe.cred
-    kwargs = {**model_settings(model), "model": litellm_model_name(probe.provider.provider_type, model.model_id),
-              **call_kwargs(probe.provider.provider_type, cred), "timeout": settings.HEALTH_CHECK_TIMEOUT,
+    kwargs = {**model_settings(model),
+              **call_kwargs(probe.provider.provider_type, cred,
+                            litellm_model_name(probe.provider.provider_type, model.model_id)), "timeout": settings.HEALTH_CHECK_TIMEOUT,
               "num_retries": 0, "max_retries": 0}
     if model.model_type == ModelType.EMBEDDING:
         await litellm.aembedding(input=["test"], **kwargs)

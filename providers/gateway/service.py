@@ -130,7 +130,7 @@ def _call_params(model: AIModel, cred) -> dict:
     stored call settings go under these, in `serve`.)"""
     from providers.llm import call_kwargs
 
-    return {"model": qualified_name(model), **call_kwargs(model.provider.provider_type, cred),
+    return {**call_kwargs(model.provider.provider_type, cred, qualified_name(model)),
             "timeout": settings.GATEWAY_TIMEOUT, "num_retries": 0, "max_retries": 0, "drop_params": True}
 
 

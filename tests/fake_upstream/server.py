@@ -726,10 +726,31 @@ async def control_config(request: web.Request) -> web.StreamResponse:
             update = dict(await request.json())
         except (ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        for name in ("models", "latency_ms", "spread_stream_latency", "reply"):
+        for name in ("models", "latency_ms", "spread_stream_latency", "reply", "usage_cost"):
             if name in update:
                 setattr(state, name, update[name])
     return web.json_response(state.config())
+
+
+async def bedrock_converse(request: web.Request) -> web.StreamResponse:
+    """AWS Bedrock's Converse API (POST /model/{modelId}/converse): SigV4-signed requests; the signature is not
+    checked, its Authorization header is recorded (credential scope: key id, date, region, service)."""
+    body = request["body"]
+    if not str(request.headers.get("Authorization", "")).startswith("AWS4-HMAC-SHA256 Credential="):
+        return web.json_response({"message": "Missing Authentication Token"}, status=403)
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return web.json_response({"message": "messages: required"}, status=400)
+    state = request.app[STATE]
+    prompt = sum(_tokens(block.get("text", "")) for m in body["messages"] if isinstance(m, dict)
+                 for block in m.get("content") or [] if isinstance(block, dict))
+    completion = len(state.reply.split())
+    await _latency(request)
+    return web.json_response({
+        "output": {"message": {"role": "assistant", "content": [{"text": state.reply}]}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": prompt, "outputTokens": completion, "totalTokens": prompt + completion},
+        "metrics": {"latencyMs": 1},
+    })
 
 
 def build_app(state: UpstreamState | None = None) -> web.Application:
@@ -749,6 +770,7 @@ def build_app(state: UpstreamState | None = None) -> web.Application:
     app.router.add_post("/openai/deployments/{deployment}/completions", _azure(completions))
     app.router.add_post("/openai/responses", _azure_v1(responses))
     app.router.add_post("/openai/v1/responses", _azure_v1(responses))
+    app.router.add_post("/model/{model_id}/converse", bedrock_converse)
     app.router.add_post(CONTROL_PREFIX + "fault", control_fault)
     app.router.add_delete(CONTROL_PREFIX + "fault", control_fault)
     app.router.add_post(CONTROL_PREFIX + "reset", control_reset)
