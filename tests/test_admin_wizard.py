@@ -152,6 +152,25 @@ def test_session_holds_only_the_ciphertext_of_the_key(admin_client):
     assert CANARY not in json.dumps(dict(admin_client.session))
 
 
+def test_bedrock_settings_from_the_catalog_and_their_secrets_only_encrypted_in_the_session(admin_client):
+    start(admin_client, "bedrock")
+    page = admin_client.get(CONNECTION).content.decode()
+    assert "AWS Region Name" in page and "id_setting__aws_secret_access_key" in page
+    response = admin_client.post(CONNECTION, {"name": "Bedrock", "setting__aws_access_key_id": "AKIAWIZARD01",
+                                              "setting__aws_secret_access_key": CANARY})
+    assert response.context["form"].errors == {"setting__aws_region_name": [
+        "AWS Region Name is required for AWS Bedrock."]} and CANARY not in response.content.decode()
+    connect(admin_client, name="Bedrock", setting__aws_region_name="eu-north-1",
+            setting__aws_access_key_id="AKIAWIZARD01", setting__aws_secret_access_key=CANARY)
+    assert CANARY not in json.dumps(dict(admin_client.session))
+    assert wizard_state(admin_client)["settings"] == {"aws_region_name": "eu-north-1"}
+    response = admin_client.post(MODELS, {"extra_models": "anthropic.claude-3-haiku-20240307-v1:0"})
+    assert response.status_code == 302
+    provider = Provider.objects.get(name="Bedrock")
+    assert provider.config.reveal() == {"aws_region_name": "eu-north-1", "aws_access_key_id": "AKIAWIZARD01",
+                                        "aws_secret_access_key": CANARY}
+
+
 # --- step 3 and create ---------------------------------------------------------------------------------------
 
 def test_registry_models_search_paging_and_create(admin_client, tenant):
