@@ -109,6 +109,18 @@ def test_an_openai_setting_reaches_the_call(client_of, upstream):
     make_model(p, model_id="gpt-4o-mini", alias="fast", instance_wide=True)
     client_of.chat.completions.create(model="fast", messages=ASK)
     assert upstream.last_request()["headers"]["openai-organization"] == "org-eneo-42"
+    # ... and every other call path: test connection, model validation, discovery, health
+    from providers.checks.connectivity import model_validate, provider_test
+    from providers.checks.discovery import models_discover
+    from providers.checks.health import health_check_providers
+
+    upstream.reset()
+    assert provider_test(provider=p).ok and model_validate(model=p.models.get()).ok
+    assert models_discover(provider=p, actor=SYSTEM)["ok"]
+    health_check_providers([p.pk])
+    paths = [(r["path"], r["headers"].get("openai-organization")) for r in upstream.requests]
+    assert {path for path, _ in paths} == {"/v1/chat/completions", "/v1/models"} and len(paths) >= 4
+    assert all(org == "org-eneo-42" for _, org in paths), paths
 
 
 def test_vertex_ai_gets_project_location_and_the_service_account(client_of, upstream, monkeypatch):

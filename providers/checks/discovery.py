@@ -33,10 +33,14 @@ def models_url(provider_type: str, base_url: str) -> str:
     return base + "/models"
 
 
-def list_headers(provider_type: str, api_key: str) -> dict:
+def list_headers(provider_type: str, api_key: str, settings: dict | None = None) -> dict:
+    """The list request's headers: the key, and the type's settings that OpenAI-style servers read as headers."""
     if provider_type == "anthropic":
         return {"x-api-key": api_key, "anthropic-version": "2023-06-01"}
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if (settings or {}).get("organization"):
+        headers["OpenAI-Organization"] = settings["organization"]
+    return headers
 
 
 def _ids(payload) -> list[str]:
@@ -51,8 +55,8 @@ def _ids(payload) -> list[str]:
     return sorted(set(ids))
 
 
-def discover_model_ids(*, provider_type: str, base_url: str, api_key: str = "", tenant_controlled: bool = True
-                       ) -> Discovery:
+def discover_model_ids(*, provider_type: str, base_url: str, api_key: str = "", tenant_controlled: bool = True,
+                       settings: dict | None = None) -> Discovery:
     """The ids a server lists. `tenant_controlled`: the base URL was set by a tenant (egress policy applies)."""
     url = models_url(provider_type, base_url)
     timeout = getattr(settings, "PROVIDER_DISCOVERY_TIMEOUT", 5.0)
@@ -64,7 +68,7 @@ def discover_model_ids(*, provider_type: str, base_url: str, api_key: str = "", 
     with secret_scope(api_key), egress_scope(tenant_controlled=tenant_controlled):
         try:
             with sync_client(timeout=timeout) as client:
-                response = client.get(url, headers=list_headers(provider_type, api_key))
+                response = client.get(url, headers=list_headers(provider_type, api_key, settings))
         except EgressDenied as exc:
             return failed(str(exc))
         except httpx.TimeoutException:
@@ -110,7 +114,7 @@ def models_discover(*, provider, actor) -> dict:
         if not base:
             return {"ok": False, "error": "No base URL to list models from."}
         found = discover_model_ids(provider_type=provider.provider_type, base_url=base, api_key=cred.api_key or "",
-                                   tenant_controlled=cred.tenant_controlled)
+                                   tenant_controlled=cred.tenant_controlled, settings=cred.settings)
         if found.error:
             return {"ok": False, "error": found.error, "transient": found.transient}
         offered, source, authoritative = set(found.ids), "server", True

@@ -71,8 +71,8 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> ProbeResult:
         try:
             if probe.model is None:
                 base = cred.api_base or provider.base_url or get_spec(provider.provider_type).default_base_url
-                response = await client.get(models_url(provider.provider_type, base),
-                                            headers=list_headers(provider.provider_type, cred.api_key or ""))
+                headers = list_headers(provider.provider_type, cred.api_key or "", cred.settings)
+                response = await client.get(models_url(provider.provider_type, base), headers=headers)
                 latency = int((time.monotonic() - started) * 1000)
                 if response.status_code in (401, 403):
                     return ProbeResult(False, HealthStatus.DOWN, "Invalid API key", latency)
