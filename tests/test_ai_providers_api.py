@@ -310,7 +310,8 @@ def test_get_shape_and_partial_update(client, tenant, tenant_key):
     assert r.json()["has_config"] is True and r.json()["base_url"] == ""
     p.refresh_from_db()
     assert p.config.reveal() == {"organization": "o2"}
-    for bad in ({"config": [1]}, {"config": {"org": "x"}}, {"config": {"organization": "os.environ/OPENAI_API_KEY"}}, {"provider_type": "anthropic"}, {"rpm": "x"}, {"name": None}, {"status": "x"}):
+    for bad in ({"config": [1]}, {"config": {"org": "x"}}, {"config": {"organization": "os.environ/OPENAI_API_KEY"}},
+                {"provider_type": "anthropic"}, {"rpm": "x"}, {"name": None}, {"status": "x"}):
         assert call(client, "patch", f"/ai-providers/{p.public_id}", tenant_key, bad).status_code == 422, bad
 
 

@@ -39,7 +39,7 @@ def test_old_keys_still_decrypt(settings):
 
 
 def test_stored_column_is_ciphertext(tenant):
-    credential_set(actor=SYSTEM, tenant=tenant, provider_type="openai", api_key=CANARY, extra={"org": "org-secret-1"})
+    credential_set(actor=SYSTEM, tenant=tenant, provider_type="openai", api_key=CANARY, extra={"organization": "org-secret-1"})
     with connection.cursor() as cur:
         cur.execute("SELECT api_key, extra FROM credentials_tenantcredential")
         api_key, extra = cur.fetchone()
@@ -49,7 +49,7 @@ def test_stored_column_is_ciphertext(tenant):
     assert isinstance(cred.api_key, Sealed)
     assert CANARY not in repr(cred.api_key) and CANARY not in str(cred.__dict__)
     assert cred.api_key.reveal() == CANARY
-    assert cred.extra.reveal() == {"org": "org-secret-1"}
+    assert cred.extra.reveal() == {"organization": "org-secret-1"}
 
 
 def test_mask_rules():
