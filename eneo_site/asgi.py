@@ -89,7 +89,8 @@ def _cors(scope, response: HttpResponse):
     origin = _origin_allowed(scope)
     if origin is not None:
         response["Access-Control-Allow-Origin"] = origin
-        response["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
+        response["Access-Control-Expose-Headers"] = ("X-Request-Id, Retry-After, X-Eneo-Budget-Limit, "
+                                                     "X-Eneo-Budget-Remaining")
         response["Vary"] = "Origin"
 
 

@@ -43,8 +43,8 @@ def test_tenant_key_reads_only_its_tenant(client, records):
     since = (timezone.now() - timedelta(minutes=5)).isoformat()
     assert client.get("/api/v1/usage", {"since": since}, **h).json()["count"] == 1
     summary = client.get("/api/v1/usage/summary", **h).json()
-    assert summary == [{"requested_model": "fast", "calls": 2, "errors": 1, "tokens_in": 10, "tokens_out": 5,
-                        "cost": "0.00100000", "mean_latency_ms": 65.0}]
+    assert summary["models"] == [{"requested_model": "fast", "calls": 2, "errors": 1, "tokens_in": 10,
+                                  "tokens_out": 5, "cost": "0.00100000", "mean_latency_ms": 65.0}]
 
 
 def test_tenant_key_cannot_pick_another_tenant(client, records, other_tenant):

@@ -1,7 +1,8 @@
 """REST: usage records and totals (GET /api/v1/usage, GET /api/v1/usage/summary).
 
 A tenant API key with the scope usage:ReadUsage reads its own tenant's usage; the super key reads every
-tenant's (optionally one, with tenant_id). Records never hold a key or a prompt.
+tenant's (optionally one, with tenant_id). Records never hold a key or a prompt. The summary also tells the
+tenant's monthly budget, its spend this month and what remains (for the super key: of the tenant in tenant_id).
 """
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -18,6 +19,7 @@ from tenants.schemas import ErrorOut, NoNulIn
 
 from providers import selectors
 from providers.api.providers import Scope, api_caller
+from providers.gateway.usage import month_spent
 
 router = Router(tags=["usage"], auth=tenant_key_auth)
 
@@ -85,22 +87,49 @@ class UsageTotalOut(Schema):
     mean_latency_ms: float
 
 
+class UsageSummaryOut(Schema):
+    monthly_budget: Optional[Decimal] = Field(None, description="The tenant's monthly budget; null: none (or no "
+                                                                "single tenant in view).")
+    spent_this_month: Optional[Decimal] = Field(None, description="What the tenant spent this calendar month (UTC), "
+                                                                  "whatever the filters; null: no single tenant.")
+    budget_remaining: Optional[Decimal] = Field(None, description="monthly_budget - spent_this_month, at least 0; "
+                                                                  "null when there is no budget.")
+    models: list[UsageTotalOut] = Field(..., description="Totals per requested model over the filtered records.")
+
+
 def _records(request, filters: UsageFilters):
     caller = api_caller(request, Scope.USAGE)
     data = filters.model_dump()
     if not caller.principal.is_sysadmin:
         data["tenant_id"] = None
-    return selectors.usage_list(principal=caller.principal, **data)
+    return caller, selectors.usage_list(principal=caller.principal, **data)
+
+
+def _budget(caller, tenant_id) -> dict:
+    """The budget fields of the summary: the caller's tenant, or for the super key the one in tenant_id."""
+    from tenants.models import Tenant
+
+    tenant = caller.principal.tenant if not caller.principal.is_sysadmin else (
+        Tenant.objects.filter(pk=tenant_id).first() if tenant_id else None)
+    if tenant is None:
+        return {}
+    spent = month_spent(tenant.pk)
+    budget = tenant.monthly_budget
+    return {"monthly_budget": budget, "spent_this_month": spent,
+            "budget_remaining": None if budget is None else max(budget - spent, Decimal(0))}
 
 
 @router.get("", response={200: list[UsageOut], 401: ErrorOut, 403: ErrorOut, 422: ErrorOut})
 @paginate(Pagination)
 def list_usage(request, filters: Query[UsageFilters]):
     """Usage records, newest first, with filters."""
-    return _records(request, filters)
+    return _records(request, filters)[1]
 
 
-@router.get("/summary", response={200: list[UsageTotalOut], 401: ErrorOut, 403: ErrorOut, 422: ErrorOut})
+@router.get("/summary", response={200: UsageSummaryOut, 401: ErrorOut, 403: ErrorOut, 422: ErrorOut})
 def usage_summary(request, filters: Query[UsageFilters]):
-    """Totals per requested model (calls, errors, tokens, cost, mean latency) for the filtered records."""
-    return selectors.usage_summary(_records(request, filters))
+    """Totals per requested model (calls, errors, tokens, cost, mean latency) for the filtered records, with the
+    tenant's monthly budget, its spend this month (as recorded: the ledger writes within a second) and what
+    remains of it."""
+    caller, records = _records(request, filters)
+    return {**_budget(caller, filters.tenant_id), "models": selectors.usage_summary(records)}

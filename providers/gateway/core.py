@@ -47,7 +47,7 @@ class Gateway:
         self.catalog = Catalog()
         self.limiter = Limiter()
         self.breaker = Breaker()
-        self.usage = UsageWriter()
+        self.usage = UsageWriter(shared=self.limiter)  # budgets share the limiter's Redis
         self._refusals: set[asyncio.Task] = set()
 
     def record_refusal(self, token: str, address: str | None, path: str, status: int, code: str,

@@ -103,13 +103,26 @@ SSE = {"responses": {200: {"content": {"text/event-stream": {"itemSchema": {
                                                                "event is `[DONE]`."}}}}}}}}
 
 
+BUDGET_LIMIT, BUDGET_REMAINING = "x-eneo-budget-limit", "x-eneo-budget-remaining"
+
+
+def budget_headers(caller: Caller, response: HttpResponse) -> HttpResponse:
+    """A budgeted tenant's monthly budget and what is left of it (never below 0), 4 decimals: after this call's
+    cost for a JSON answer, before it for a stream (its headers go out before its cost is known)."""
+    budget = caller.tenant.monthly_budget
+    if budget is not None and caller.spent is not None:
+        response[BUDGET_LIMIT] = f"{budget:.4f}"
+        response[BUDGET_REMAINING] = f"{max(budget - caller.spent, 0):.4f}"
+    return response
+
+
 async def served(request, op: Operation, payload: BaseModel) -> HttpResponse:
     """Authenticate, serve the call (providers.gateway.service.serve), answer JSON or server-sent events."""
     caller = await authenticate(request)
     result = await serve(caller, op, payload.model_dump(exclude_none=True), request.body)
     if isinstance(result, dict):
-        return json_response(result)
+        return budget_headers(caller, json_response(result))
     response = StreamingHttpResponse(result, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
-    return response
+    return budget_headers(caller, response)

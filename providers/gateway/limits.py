@@ -24,7 +24,8 @@ atomic, one round trip; release is one ZREM. In process, a count per provider (a
 Stores: Redis when RATE_LIMIT_REDIS_URL is set, so the limits hold across worker processes; in process otherwise.
 If Redis cannot be reached, the limiter counts in process (the gateway keeps working; limits then hold per
 process) and retries Redis after REDIS_RETRY_SECONDS. A lease is released in the store that granted it.
-Only providers with rpm, tpm or max_concurrency set cost anything here.
+Only providers with rpm, tpm or max_concurrency set cost anything here. The usage ledger's budget counters use the
+same Redis connections and fallback (`shared_redis`).
 """
 from __future__ import annotations
 
@@ -326,6 +327,18 @@ class Limiter:
         pipe.zcard(key)
         return (await pipe.execute())[1]
 
+    # --- Redis, shared with the usage ledger ---------------------------------------------------------------
+    def shared_redis(self):
+        """This event loop's client of the Redis that worker processes share (RATE_LIMIT_REDIS_URL), or None when
+        none is configured or it failed within REDIS_RETRY_SECONDS. The usage ledger keeps tenants' month spend
+        there (budgets), on the same connections and with the same fallback as the limits."""
+        state = self._state()
+        return state.client if state is not None else None
+
+    def shared_redis_failed(self, exc: Exception):
+        """A failure of the shared Redis seen by another user of it: the same fallback as the limiter's own."""
+        self._redis_failed(exc)
+
     # --- Redis --------------------------------------------------------------------------------------------
     async def _acquire_redis(self, state: _LoopState, provider, max_conc, rpm, tpm, now) -> Lease | Denied:
         pid, minute = provider.pk, _minute(now)
@@ -392,7 +405,7 @@ class Limiter:
         return state
 
     def _redis_failed(self, exc):
-        log.warning("rate limiter: Redis unavailable (%s); counting in process for %s s", type(exc).__name__,
-                    REDIS_RETRY_SECONDS)
+        log.warning("rate limiter: Redis unavailable (%s); counting limits and budgets in process for %s s",
+                    type(exc).__name__, REDIS_RETRY_SECONDS)
         self._down_until = time.monotonic() + REDIS_RETRY_SECONDS
         self._loops = {}

@@ -53,6 +53,7 @@ from providers.gateway.usage import (
     REFUSED,
     cost_of,
     estimate_tokens,
+    stream_reported_cost,
     usage_row,
 )
 
@@ -79,6 +80,7 @@ class Caller:
     api_key: TenantApiKey
     snapshot: Snapshot
     gateway: Gateway  # this process's catalog, limiter, breaker and usage writer
+    spent: Decimal | None = None  # a budgeted tenant's month spend at the budget check, plus this call's cost
 
 
 def _available(models: list[AIModel], limit: int = 20) -> str:
@@ -190,7 +192,7 @@ async def _check_budget(caller: Caller):
     budget = caller.tenant.monthly_budget
     if budget is None:
         return
-    spent = await caller.gateway.usage.month_spend(caller.tenant)
+    spent = caller.spent = await caller.gateway.usage.month_spend(caller.tenant)
     if spent >= budget:
         raise GatewayError(429, f"Your tenant's monthly budget ({budget}) is used up ({spent:.4f} spent).",
                            type_="insufficient_quota", code="budget_exceeded")
@@ -202,12 +204,14 @@ def _usage(caller: Caller, model: AIModel | None, requested: str, endpoint: str,
     """One usage record into the batched writer. Tokens the upstream processed cost the same whatever the status
     (a stream cut short, a client gone): the provider bills them."""
     tokens_in, tokens_out = tokens_in or 0, tokens_out or 0
+    cost = cost_of(model, tokens_in, tokens_out, reported_cost) if model is not None else Decimal(0)
     caller.gateway.usage.record(usage_row(
         caller.tenant.pk, caller.api_key.pk, requested, endpoint, status=status, http_status=http_status,
-        request_id=current_request_id.get(), model=model, tokens_in=tokens_in, tokens_out=tokens_out,
-        cost=cost_of(model, tokens_in, tokens_out, reported_cost) if model is not None else Decimal(0),
+        request_id=current_request_id.get(), model=model, tokens_in=tokens_in, tokens_out=tokens_out, cost=cost,
         latency_ms=int((time.monotonic() - started) * 1000), ttft_ms=ttft_ms, error_type=error_type,
-        streamed=streamed, estimated=estimated))
+        streamed=streamed, estimated=estimated), budgeted=caller.spent is not None)
+    if caller.spent is not None:
+        caller.spent += cost
 
 
 class _Ledger:
@@ -235,7 +239,8 @@ class _Ledger:
         closed = self.closed
         self.write(model, status=CLIENT_CLOSED if closed else OK,
                    http_status=CLIENT_CLOSED_HTTP_STATUS if closed else 200,
-                   tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"))
+                   tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"),
+                   reported_cost=usage.get("cost"))
 
 
 _orphans: set[asyncio.Task] = set()  # upstream calls whose client went away: kept alive until they are recorded
@@ -292,6 +297,8 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call, *, hold: bo
                                                       type_="rate_limit_error", code="rate_limited",
                                                       retry_after=lease.retry_after)
             continue
+        if cred.source == "provider_key" and (key := caller.snapshot.provider_keys.get(model.provider_id)):
+            caller.gateway.usage.provider_key_used(key.pk)  # the key credential resolution took (last_used_at)
         try:
             params = _call_params(model, cred)
             with secret_scope(cred.api_key), egress_scope(tenant_controlled=cred.tenant_controlled):
@@ -376,10 +383,11 @@ def dump(response) -> dict:
 
 
 def openai_usage(data: dict) -> dict:
-    """prompt_tokens / completion_tokens / total_tokens of an OpenAI-style answer (LiteLLM's cost estimate out)."""
+    """prompt_tokens / completion_tokens / total_tokens of an OpenAI-style answer, and `cost` when the provider
+    reported one (usage.reported_cost); the cost is taken out of the answer."""
     usage = data.get("usage") or {}
-    usage.pop("cost", None)
-    return usage
+    cost = usage.pop("cost", None)
+    return usage if cost is None else {**usage, "cost": cost}
 
 
 @dataclass(frozen=True)
@@ -573,7 +581,7 @@ async def _relay(ledger: _Ledger, op: Operation, model, iterator, first, lease, 
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         ledger.write(model, status=status, http_status=http_status, error_type=error_type,
                      tokens_in=usage.get("prompt_tokens"), tokens_out=usage.get("completion_tokens"), ttft_ms=ttft,
-                     estimated=estimated)
+                     estimated=estimated, reported_cost=None if estimated else stream_reported_cost(iterator))
         if status == CLIENT_CLOSED:
             await close_upstream(iterator)
         await caller.gateway.limiter.add_tokens(model.provider, usage.get("total_tokens") or 0)

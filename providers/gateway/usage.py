@@ -9,8 +9,26 @@ not allowed, no usable credential, provider paused, rate limit, budget). When th
 record is marked `tokens_estimated`.
 
 A writer task per event loop flushes every USAGE_FLUSH_SECONDS (or 500 records). If the process dies, at
-most that window of records is lost; a database error is logged and the batch retried once.
-Also keeps per-tenant spend for the month (for budgets), refreshed from the database every minute.
+most that window of records is lost; a database error is logged and the batch retried once. Each flush also
+writes the last_used_at of the tenant API keys and provider keys used since the last one (one UPDATE per tenant
+key, one for all provider keys; never a write per call).
+
+Cost of a record (`cost_of`): the cost the provider reported (LiteLLM's `usage.cost`, see `reported_cost`), else
+the model's prices, else LiteLLM's price list for the model (looked up once per model, `list_prices`), else 0.
+
+Month spend, for budgets (`month_spend`, asked only for tenants with a monthly_budget):
+- With RATE_LIMIT_REDIS_URL, a counter per tenant and month in Redis (a hash: s = spent, t = the tenant's
+  updated_at when it was seeded), shared by every worker process: each record of a budgeted tenant adds its cost
+  (HINCRBYFLOAT, sent right after the record, several coalesced into one script call), and the budget check reads
+  it (one script call: the process's own costs not yet sent are added in the same call), so a worker sees what
+  the others spent at once. An absent counter (first budgeted call of the month, Redis restarted) or one seeded
+  before the tenant last changed (its budget removed and set again: costs in between were not counted) is seeded
+  from the database (the month's records) and expires a day after the month. Bound: costs recorded anywhere but
+  not yet written to the database (USAGE_FLUSH_SECONDS) at the moment a counter is seeded are missed. Redis
+  unreachable: the process counts in process (below) and, when Redis is back, seeds again the counters whose
+  increments it could not send.
+- Without Redis: per process, from the database every 60 s plus this process's own records, so N workers may
+  together overshoot a budget by what the others spent within that minute.
 """
 from __future__ import annotations
 
@@ -18,7 +36,9 @@ import asyncio
 import contextvars
 import logging
 import time
-from decimal import Decimal
+import weakref
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -28,7 +48,7 @@ from django.utils import timezone
 
 from tenants.models import TenantApiKey
 
-from providers.models import UsageRecord
+from providers.models import ProviderKey, UsageRecord
 
 log = logging.getLogger("eneo.gateway.usage")
 
@@ -36,32 +56,111 @@ OK, ERROR, CLIENT_CLOSED, REFUSED = "ok", "error", "client_closed", "refused"
 CLIENT_CLOSED_HTTP_STATUS = 499  # the client closed the connection before its answer ended (nginx's code for it)
 
 
+ZERO = Decimal(0)
+MONEY = Decimal("0.00000001")  # UsageRecord.cost's precision
+LOCAL_SPEND_SECONDS = 60  # without Redis: a process reads a tenant's month spend from the database this often
+
+_SPEND = "eneo:spend:"  # + "{tenant id}:{YYYY-MM}" (UTC): hash, s = spent this month, t = stamp of the seed
+
+# KEYS[1]: counter. ARGV: this process's costs not yet added, the tenant's stamp. The spend, or nil when the counter
+# must be seeded (absent, or seeded before the tenant's last change).
+_SPEND_READ = """
+local v = redis.call('HMGET', KEYS[1], 's', 't')
+if not v[1] or tonumber(v[2] or '0') < tonumber(ARGV[2]) then return false end
+if tonumber(ARGV[1]) ~= 0 then return redis.call('HINCRBYFLOAT', KEYS[1], 's', ARGV[1]) end
+return v[1]
+"""
+# KEYS[1]: counter. ARGV: the month's spend in the database, the tenant's stamp, expiry (epoch s), force (1/0).
+# Seeds the counter unless another process seeded it meanwhile for this stamp (SET NX, with the stamp).
+_SPEND_SEED = """
+local t = redis.call('HGET', KEYS[1], 't')
+if ARGV[4] ~= '1' and t and tonumber(t) >= tonumber(ARGV[2]) then return redis.call('HGET', KEYS[1], 's') end
+redis.call('HSET', KEYS[1], 's', ARGV[1], 't', ARGV[2])
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+return ARGV[1]
+"""
+# KEYS: counters; ARGV: the cost to add to each. A counter that does not exist is left to its seed.
+_SPEND_ADD = """
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then redis.call('HINCRBYFLOAT', key, 's', ARGV[i]) end
+end
+return 0
+"""
+
+
 def month_start(now=None):
     now = now or timezone.now()
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+def _next_month(now) -> object:
+    return (month_start(now) + timedelta(days=32)).replace(day=1)
+
+
+def spend_key(tenant_id, when) -> str:
+    return f"{_SPEND}{tenant_id}:{when.year:04d}-{when.month:02d}"
+
+
+def _stamp(tenant) -> str:
+    updated = getattr(tenant, "updated_at", None)
+    return f"{updated.timestamp():.6f}" if updated is not None else "0"
+
+
+def _redis_error(exc: Exception) -> bool:
+    from redis.exceptions import RedisError
+
+    return isinstance(exc, (RedisError, OSError, asyncio.TimeoutError))
+
+
+def _money(value) -> Decimal:
+    if isinstance(value, bytes):
+        value = value.decode()
+    return Decimal(str(value)).quantize(MONEY)
+
+
 class UsageWriter:
-    def __init__(self):
+    """`shared`: where the Redis that worker processes share comes from (the Gateway's Limiter: `shared_redis()`,
+    `shared_redis_failed(exc)`); None: budgets count per process."""
+
+    def __init__(self, shared=None):
         self._pending: list[tuple] = []
         self._keys_used: dict[int, object] = {}
+        self._provider_keys_used: set[int] = set()
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._writing: tuple | None = None  # (loop, lock): one batch at a time, so a flush returns once written
-        self._spend: dict[object, tuple[float, Decimal]] = {}
+        self._spend: dict[object, tuple[float, Decimal]] = {}  # without Redis: tenant -> (read at, spent)
+        self._shared = shared
+        self._unsent: dict[str, Decimal] = {}  # Redis counter -> costs recorded, not yet added to it
+        self._sending: dict[str, asyncio.Future] = {}  # Redis counter -> the addition under way
+        self._reseed: set[str] = set()  # counters that missed costs of this process (Redis was unreachable)
+        self._pusher: asyncio.Task | None = None
+        self._scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # client -> (read, seed, add)
 
-    def record(self, rec: tuple):
-        """`rec` holds the values of USAGE_COLUMNS, in that order."""
+    def record(self, rec: tuple, *, budgeted: bool = False):
+        """`rec` holds the values of USAGE_COLUMNS, in that order; `budgeted`: the tenant has a monthly budget (its
+        cost goes to the shared month counter, when there is one)."""
         self._pending.append(rec)
         tenant_id, api_key_id, cost, created_at = rec[0], rec[1], rec[8], rec[15]
         if api_key_id:
             self._keys_used[api_key_id] = created_at
-        spent = self._spend.get(tenant_id)
-        if spent is not None:
-            self._spend[tenant_id] = (spent[0], spent[1] + (cost or Decimal(0)))
+        if cost:
+            spent = self._spend.get(tenant_id)
+            if spent is not None:
+                self._spend[tenant_id] = (spent[0], spent[1] + cost)
+            if budgeted and self._shared is not None:
+                key = spend_key(tenant_id, created_at)
+                if self._shared.shared_redis() is None:  # none configured, or unreachable: seeded again later
+                    self._reseed.add(key)
+                else:
+                    self._add_spend(key, cost)
         self._ensure_task()
         if len(self._pending) >= 500 and self._wake is not None:
             self._wake.set()
+
+    def provider_key_used(self, key_id: int):
+        """A call went out with this ProviderKey: its last_used_at is written by the next flush."""
+        self._provider_keys_used.add(key_id)
 
     def _ensure_task(self):
         if self._task is None or self._task.done():
@@ -95,28 +194,102 @@ class UsageWriter:
             await self._flush()
 
     async def _flush(self):
-        if not self._pending and not self._keys_used:
+        if not self._pending and not self._keys_used and not self._provider_keys_used:
             return
         batch, self._pending = self._pending, []
         keys, self._keys_used = self._keys_used, {}
+        provider_keys, self._provider_keys_used = self._provider_keys_used, set()
         try:
-            await sync_to_async(_write, thread_sensitive=True)(batch, keys)
+            await sync_to_async(_write, thread_sensitive=True)(batch, keys, provider_keys)
         except Exception:  # noqa: BLE001
             log.warning("usage: writing %d record(s) failed; retrying once without deleted references", len(batch))
             try:
                 await asyncio.sleep(0.2)
-                await sync_to_async(_write, thread_sensitive=True)(batch, keys, check_references=True)
+                await sync_to_async(_write, thread_sensitive=True)(batch, keys, provider_keys, check_references=True)
             except Exception:  # noqa: BLE001
                 log.error("usage: dropped %d record(s) after a second failure", len(batch))
 
+    # --- month spend (budgets; see the module docstring) ---------------------------------------------------
     async def month_spend(self, tenant) -> Decimal:
+        """What `tenant` spent this month (UTC): shared through Redis when configured, else per process."""
+        client = self._shared.shared_redis() if self._shared is not None else None
+        if client is not None:
+            try:
+                return await self._shared_spend(client, tenant)
+            except Exception as exc:  # noqa: BLE001 - a Redis failure: count in process meanwhile
+                if not _redis_error(exc):
+                    raise
+                self._reseed.add(spend_key(tenant.pk, timezone.now()))
+                self._shared.shared_redis_failed(exc)
+        return await self._local_spend(tenant)
+
+    async def _local_spend(self, tenant) -> Decimal:
         cached = self._spend.get(tenant.pk)
-        if cached is not None and time.monotonic() - cached[0] < 60:
+        if cached is not None and time.monotonic() - cached[0] < LOCAL_SPEND_SECONDS:
             return cached[1]
         total = await sync_to_async(_spend_from_db, thread_sensitive=True)(tenant.pk)
-        total += sum((r[8] for r in self._pending if r[0] == tenant.pk), Decimal(0))
+        total += sum((r[8] for r in self._pending if r[0] == tenant.pk), ZERO)
         self._spend[tenant.pk] = (time.monotonic(), total)
         return total
+
+    def _scripts_for(self, client) -> tuple:
+        scripts = self._scripts.get(client)
+        if scripts is None:
+            scripts = self._scripts[client] = tuple(client.register_script(src)
+                                                    for src in (_SPEND_READ, _SPEND_SEED, _SPEND_ADD))
+        return scripts
+
+    async def _shared_spend(self, client, tenant) -> Decimal:
+        now = timezone.now()
+        key, stamp = spend_key(tenant.pk, now), _stamp(tenant)
+        read, seed, _ = self._scripts_for(client)
+        sending = self._sending.get(key)
+        if sending is not None and sending.get_loop() is asyncio.get_running_loop():
+            await asyncio.shield(sending)  # this process's last costs are being added: count them once
+        if key not in self._reseed:
+            unsent = self._unsent.pop(key, ZERO)
+            try:
+                value = await read(keys=[key], args=[f"{unsent:f}", stamp])
+            except BaseException:
+                self._unsent[key] = self._unsent.get(key, ZERO) + unsent
+                raise
+            if value is not None:
+                return _money(value)
+        total = await sync_to_async(_spend_from_db, thread_sensitive=True)(tenant.pk, month_start(now))
+        force = "1" if key in self._reseed else "0"
+        if force == "1":
+            self._unsent.pop(key, None)  # `total` has them, or misses them as the bound above says
+        value = await seed(keys=[key], args=[f"{total:f}", stamp, int(_next_month(now).timestamp()) + 86400, force])
+        self._reseed.discard(key)
+        return _money(value)
+
+    def _add_spend(self, key: str, cost: Decimal):
+        """Queue a record's cost for its month counter; one task per event loop sends what is queued."""
+        self._unsent[key] = self._unsent.get(key, ZERO) + cost
+        loop = asyncio.get_running_loop()
+        if self._pusher is None or self._pusher.done() or self._pusher.get_loop() is not loop:
+            self._pusher = loop.create_task(self._push(), context=contextvars.Context())
+
+    async def _push(self):
+        while self._unsent:
+            batch, self._unsent = self._unsent, {}
+            sent = asyncio.get_running_loop().create_future()
+            for key in batch:
+                self._sending[key] = sent
+            try:
+                client = self._shared.shared_redis()
+                if client is None:  # Redis unreachable: counted in process; seeded again once it is back
+                    self._reseed.update(batch)
+                else:
+                    await self._scripts_for(client)[2](keys=list(batch), args=[f"{v:f}" for v in batch.values()])
+            except Exception as exc:  # noqa: BLE001
+                self._reseed.update(batch)
+                self._shared.shared_redis_failed(exc)
+            finally:
+                for key in batch:
+                    if self._sending.get(key) is sent:
+                        del self._sending[key]
+                sent.set_result(None)
 
 
 USAGE_COLUMNS = ("tenant_id", "api_key_id", "provider_id", "model_id", "requested_model", "endpoint", "tokens_in",
@@ -153,7 +326,7 @@ def _drop_dangling(batch: list[tuple]) -> list[tuple]:
              r[3] if r[3] in models else None, *r[4:]) for r in batch if r[0] in tenants]
 
 
-def _write(batch: list[tuple], keys: dict, *, check_references: bool = False):
+def _write(batch: list[tuple], keys: dict, provider_keys=(), *, check_references: bool = False):
     """One executemany per batch (cheaper than building a model instance per call)."""
     close_old_connections()
     if check_references:
@@ -168,28 +341,97 @@ def _write(batch: list[tuple], keys: dict, *, check_references: bool = False):
                 f"VALUES ({', '.join(['%s'] * len(USAGE_COLUMNS))})", rows)
     for key_id, used_at in keys.items():
         TenantApiKey.objects.filter(pk=key_id).update(last_used_at=used_at)
+    if provider_keys:  # one UPDATE for every provider key used since the last flush (the flush's time)
+        ProviderKey.objects.filter(pk__in=list(provider_keys)).update(last_used_at=timezone.now())
 
 
-def _spend_from_db(tenant_id) -> Decimal:
+def month_spent(tenant_id, since=None) -> Decimal:
+    """The month's spend (UTC) as written to the ledger so far (records reach it within USAGE_FLUSH_SECONDS)."""
+    total = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=since or month_start()
+                                       ).aggregate(s=Sum("cost"))["s"]
+    return (total or ZERO).quantize(MONEY)
+
+
+def _spend_from_db(tenant_id, since=None) -> Decimal:
     close_old_connections()
-    total = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=month_start()).aggregate(s=Sum("cost"))["s"]
-    return total or Decimal(0)
+    return month_spent(tenant_id, since)
+
+
+# --- cost -------------------------------------------------------------------------------------------------------
+
+def reported_cost(usage) -> Decimal | None:
+    """The cost a provider reported, as LiteLLM passes it on in an answer's `usage.cost` (USD: OpenRouter's number,
+    Perplexity's {"total_cost": ...}, xAI's ticks converted), or None.
+
+    Only where LiteLLM puts nothing of its own there: a non-streamed answer's usage is built from the provider's
+    body alone (litellm_core_utils/llm_response_utils: Usage(**response["usage"])), but the usage of a stream's last
+    chunk is stamped with LiteLLM's own estimate when the provider reported none
+    (streaming_chunk_builder_utils._stamp_streaming_usage_cost); for streams use `stream_reported_cost`.
+    (_hidden_params["response_cost"] is always LiteLLM's estimate, never the provider's.)"""
+    value = usage.get("total_cost") if isinstance(usage, dict) else usage
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        return None
+    try:
+        cost = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+    return cost.quantize(MONEY) if cost.is_finite() and cost >= 0 else None
+
+
+def stream_reported_cost(stream) -> Decimal | None:
+    """The provider-reported cost of a finished LiteLLM stream: from the chunks as the provider sent them (the
+    stream's `chunks`; a text completion stream wraps a chat one), not from the last chunk LiteLLM yields (see
+    `reported_cost`)."""
+    chunks = getattr(stream, "chunks", None)
+    if chunks is None:
+        chunks = getattr(getattr(stream, "completion_stream", None), "chunks", None)
+    for chunk in reversed(chunks or ()):
+        usage = getattr(chunk, "usage", None) if not isinstance(chunk, dict) else chunk.get("usage")
+        if usage:
+            return reported_cost(usage.get("cost") if isinstance(usage, dict) else getattr(usage, "cost", None))
+    return None
+
+
+_list_prices: dict[tuple[str, str], tuple[Decimal, Decimal] | None] = {}
+
+
+def list_prices(provider_type: str, model_id: str) -> tuple[Decimal, Decimal] | None:
+    """(input, output) price per million tokens from LiteLLM's price list (litellm.model_cost, by way of
+    provider_types.known_model), or None when it has none: looked up once per model, then a dict lookup."""
+    try:
+        return _list_prices[(provider_type, model_id)]
+    except KeyError:
+        pass
+    from providers.provider_types import known_model
+
+    try:
+        known = known_model(provider_type, model_id)
+    except Exception:  # noqa: BLE001 - a type LiteLLM does not know: no list price
+        known = None
+    prices = None
+    if known is not None and (known.input_cost_per_million is not None or known.output_cost_per_million is not None):
+        prices = (known.input_cost_per_million or ZERO, known.output_cost_per_million or ZERO)
+    _list_prices[(provider_type, model_id)] = prices
+    return prices
 
 
 def cost_of(model, tokens_in: int, tokens_out: int, reported=None) -> Decimal:
-    """Provider-reported cost when present, else tokens x price per million / 1,000,000."""
-    if reported not in (None, ""):
-        try:
-            return Decimal(str(reported))
-        except ArithmeticError:
-            pass
-    total = Decimal(0)
-    if model is not None:
-        if model.input_cost_per_million:
-            total += Decimal(tokens_in) * model.input_cost_per_million / Decimal(1_000_000)
-        if model.output_cost_per_million:
-            total += Decimal(tokens_out) * model.output_cost_per_million / Decimal(1_000_000)
-    return total.quantize(Decimal("0.00000001"))
+    """The provider-reported cost (`reported`, see `reported_cost`) when present; else tokens x the model's prices
+    per million (a price set to 0 counts: a free model); else x LiteLLM's list prices; else 0."""
+    if reported is not None:
+        cost = reported if isinstance(reported, Decimal) else reported_cost(reported)
+        if cost is not None:
+            return cost
+    if model is None or not (tokens_in or tokens_out):
+        return ZERO
+    price_in, price_out = model.input_cost_per_million, model.output_cost_per_million
+    if price_in is None and price_out is None:
+        prices = list_prices(model.provider.provider_type, model.model_id)
+        if prices is None:
+            return ZERO
+        price_in, price_out = prices
+    total = tokens_in * (price_in or ZERO) + tokens_out * (price_out or ZERO)
+    return (total / 1_000_000).quantize(MONEY)
 
 
 # Token counts without the provider's: only when it reported none (see the module docstring), never on the usual path.

@@ -29,7 +29,8 @@ LiteLLM rerank paths: ``cohere/`` -> ``api_base + "/v2/rerank"`` (``/v1/rerank``
 
 Control: ``POST /__control/fault`` ({mode, path_contains?, key?, times?, ...opts}), ``DELETE /__control/fault``,
 ``POST /__control/reset``, ``GET /__control/requests``, ``GET|POST /__control/config`` ({models, latency_ms,
-spread_stream_latency, reply}). Fault modes: status, timeout, slow, drop_stream, malformed, close, redirect.
+spread_stream_latency, reply, usage_cost: chat answers report it as usage.cost, as OpenRouter does}). Fault modes:
+status, timeout, slow, drop_stream, malformed, close, redirect.
 
 ``redirect`` answers a redirect instead of serving the route: ``location`` (required) is the target URL, ``status``
 (default 307; 301, 302, 303, 307 or 308) the code, and ``append_path=True`` appends the request's path and query to
@@ -136,6 +137,7 @@ class UpstreamState:
         latency_ms: float = 0,
         spread_stream_latency: bool = False,
         reply: str = REPLY,
+        usage_cost: float | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._records: deque[RecordedRequest] = deque(maxlen=MAX_RECORDS)
@@ -144,6 +146,7 @@ class UpstreamState:
         self.latency_ms = latency_ms
         self.spread_stream_latency = spread_stream_latency
         self.reply = reply
+        self.usage_cost = usage_cost  # chat answers report this cost in usage.cost (as OpenRouter does)
 
     def record(self, rec: RecordedRequest) -> None:
         with self._lock:
@@ -184,6 +187,7 @@ class UpstreamState:
             "latency_ms": self.latency_ms,
             "spread_stream_latency": self.spread_stream_latency,
             "reply": self.reply,
+            "usage_cost": self.usage_cost,
         }
 
 
@@ -376,6 +380,8 @@ async def chat_completions(request: web.Request, model: str | None = None) -> we
     base = {"id": f"chatcmpl-fake{next(_ids)}", "created": int(time.time()), "model": model, "system_fingerprint": None}
     prompt, completion = _prompt_tokens(body), len(state.reply.split())
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if state.usage_cost is not None:
+        usage["cost"] = state.usage_cost
     call = _tool_call(body)
     if not body.get("stream"):
         await _latency(request)
