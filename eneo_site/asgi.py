@@ -222,12 +222,21 @@ class GatewayLane(ASGIHandler):
 
 
 class Router:
-    def __init__(self, default, fast):
-        self.default, self.fast = default, fast
+    """/v1/ to the gateway lane, /mcp to the MCP server (which alone gets the lifespan events: its session manager
+    runs for the server's life), everything else to Django."""
+
+    def __init__(self, default, fast, mcp=None):
+        self.default, self.fast, self.mcp = default, fast, mcp
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith(FAST_PREFIX):
-            return await self.fast.handle(scope, receive, send)
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith(FAST_PREFIX):
+                return await self.fast.handle(scope, receive, send)
+            if self.mcp is not None and self.mcp.handles(path):
+                return await self.mcp(scope, receive, send)
+        elif scope["type"] == "lifespan" and self.mcp is not None:
+            return await self.mcp.lifespan(scope, receive, send)
         return await self.default(scope, receive, send)
 
 
@@ -319,8 +328,10 @@ def build_application(gateway=None):
     """The whole ASGI app around one Gateway (the process's own by default; tests build their own)."""
     from providers.gateway.core import process_gateway
 
+    from eneo_site.mcp_app import McpMount
+
     gateway = gateway or process_gateway()
-    return BodyLimit(Router(ASGIStaticFilesHandler(django_application), GatewayLane(gateway)), gateway)
+    return BodyLimit(Router(ASGIStaticFilesHandler(django_application), GatewayLane(gateway), McpMount()), gateway)
 
 
 application = build_application()

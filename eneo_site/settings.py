@@ -316,6 +316,9 @@ CATALOG_REFRESH_SECONDS = env.float("CATALOG_REFRESH_SECONDS", default=1.0)
 CATALOG_MAX_AGE_SECONDS = env.float("CATALOG_MAX_AGE_SECONDS", default=300.0)  # safety net: full background reload
 # Browser origins allowed to call /v1 (CORS), comma-separated; empty: none (no CORS headers, preflights refused)
 GATEWAY_CORS_ORIGINS = env.list("GATEWAY_CORS_ORIGINS", default=[])
+# Browser origins allowed to call the MCP server at /mcp (DNS-rebinding protection), e.g. the MCP Inspector's
+# http://localhost:6274; requests without an Origin header (desktop and CLI clients) are always allowed
+MCP_ALLOWED_ORIGINS = env.list("MCP_ALLOWED_ORIGINS", default=[])
 GATEWAY_MAX_MESSAGES = env.int("GATEWAY_MAX_MESSAGES", default=4096)  # messages in one chat request
 GATEWAY_PARSE_IN_THREAD_BYTES = env.int("GATEWAY_PARSE_IN_THREAD_BYTES", default=262144)  # larger bodies: off-loop
 USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.5)  # usage records are batched this long

@@ -24,13 +24,22 @@ class SuperApiKeyAuth(APIKeyHeader):
         return actor
 
 
-def _super_key_actor(request, key: str | None) -> Actor | None:
+def _super_key_actor(request, key: str | None, *, ip: str | None = None, source: str = "api") -> Actor | None:
     expected = settings.SUPER_API_KEY
     if not expected or not key:
         return None
     if hmac.compare_digest(key.encode(), expected.encode()):
-        return Actor(name="super-api-key", source="api", ip=client_address(request), is_sysadmin=True)
+        return Actor(name="super-api-key", source=source, ip=ip if request is None else client_address(request),
+                     is_sysadmin=True)
     return None
+
+
+def key_principal(token: str, *, ip: str | None, source: str):
+    """The principal behind a presented key, outside ninja (MCP): the tenant API key, or the sysadmin Actor for the
+    super key; None when it is neither."""
+    if token.startswith("eneo_"):
+        return api_key_check(token)
+    return _super_key_actor(None, token, ip=ip, source=source)
 
 
 super_api_key = SuperApiKeyAuth()

@@ -151,7 +151,7 @@ class LiveGateway:
         from providers.gateway.core import Gateway
 
         self.gw = Gateway()  # this server's own catalog, limiter, breaker and usage writer
-        self.config = uvicorn.Config(build_application(self.gw), host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+        self.config = uvicorn.Config(build_application(self.gw), host="127.0.0.1", port=0, log_level="warning", lifespan="on",
                                      access_log=False, proxy_headers=False)
         self.server = uvicorn.Server(self.config)
         self.loop = None

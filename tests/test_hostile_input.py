@@ -328,7 +328,8 @@ def test_rest_rejects_hostile_bodies_without_writing(client, world, target):
 @pytest.mark.parametrize("depth", [10, 60])
 def test_reasonable_nesting_is_accepted(client, world, depth):
     method, path, body = rest_targets(world)["post provider"]
-    body = {**body, "config": {"a": nested(depth - 2)}}
+    body = {**body, "provider_type": "vertex_ai", "config": {  # a JSON setting: the service account
+        "vertex_project": "p", "vertex_location": "europe-west4", "vertex_credentials": {"a": nested(depth - 3)}}}
     assert send(client, method, path, json.dumps(body).encode()).status_code == 201
 
 

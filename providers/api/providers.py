@@ -12,7 +12,6 @@ from uuid import UUID
 
 from django.http import HttpRequest
 from ninja import Query, Router, Status
-from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.pagination import paginate
 
@@ -61,13 +60,19 @@ class Caller:
 
 def api_caller(request: HttpRequest, scope: Scope) -> Caller:
     """The caller, if its key holds `scope` (else 403)."""
-    auth = request.auth
+    return caller_for(request.auth, scope, ip=request.META.get("REMOTE_ADDR"), source="api")
+
+
+def caller_for(auth: TenantApiKey | Actor, scope: Scope, *, ip: str | None, source: str) -> Caller:
+    """The caller behind an authenticated key (REST: source "api"; MCP: "mcp"), if the key holds `scope` (else
+    Forbidden naming the scope). The super key's Actor is the sysadmin, with every scope."""
     if isinstance(auth, Actor) and auth.is_sysadmin:
-        return Caller(principal=Principal(is_sysadmin=True), actor=auth, api_key=None)
+        actor = auth if auth.source == source else Actor(name=auth.name, source=source, ip=ip, is_sysadmin=True)
+        return Caller(principal=Principal(is_sysadmin=True), actor=actor, api_key=None)
     key: TenantApiKey = auth
     if not key.has_scope(scope):
-        raise HttpError(403, f"This API key lacks the scope {scope.value}")
-    actor = Actor(name=f"api-key:{key.prefix}", source="api", ip=request.META.get("REMOTE_ADDR"))
+        raise Forbidden(f"This API key lacks the scope {scope.value}")
+    actor = Actor(name=f"api-key:{key.prefix}", source=source, ip=ip)
     return Caller(principal=Principal(tenant=key.tenant), actor=actor, api_key=key)
 
 
@@ -140,7 +145,10 @@ def list_providers(request, filters: Query[ProviderFilters]):
     A tenant key sees its tenant's providers, instance-wide ones and instance-level providers with a model
     enabled for its tenant.
     """
-    caller = api_caller(request, Scope.LIST)
+    return provider_list_for(api_caller(request, Scope.LIST), filters)
+
+
+def provider_list_for(caller: Caller, filters: ProviderFilters):
     provider_type = None
     if filters.provider_type:
         try:
@@ -159,7 +167,12 @@ def create_provider(request, payload: ProviderIn):
     Scope: aiProviders:CreateAiProvider. A tenant key creates in its own tenant, owned by the key's creator;
     the sysadmin may set `tenant_id` (null = instance level) and `instance_wide`. 409 on a duplicate name.
     """
-    caller = api_caller(request, Scope.CREATE)
+    return Status(201, provider_create_for(api_caller(request, Scope.CREATE), payload))
+
+
+def provider_create_for(caller: Caller, payload: ProviderIn) -> Provider:
+    """Create as REST and MCP do: a tenant key in its own tenant, owned by the key's creator; the sysadmin where
+    `tenant_id` says (null = instance level)."""
     data = payload.model_dump(exclude={"tenant_id", "models"})
     models = [_model_fields(m) for m in payload.models]
     if caller.api_key is None:
@@ -174,7 +187,7 @@ def create_provider(request, payload: ProviderIn):
         if payload.tenant_id not in (None, tenant.pk):
             raise Forbidden("A tenant API key creates providers in its own tenant only.")
     provider = services.provider_create(actor=caller.actor, tenant=tenant, owner=owner, models=models, **data)
-    return Status(201, _provider_out(caller, provider))
+    return _provider_out(caller, provider)
 
 
 @router.get("/{provider_id}", response={200: ProviderOut, **ERRORS})
@@ -190,7 +203,10 @@ def update_provider(request, provider_id: str, payload: ProviderPatch):
 
     Scope: aiProviders:UpdateAiProvider. 403 when the caller may see the provider but not change it.
     """
-    caller = api_caller(request, Scope.UPDATE)
+    return provider_update_for(api_caller(request, Scope.UPDATE), provider_id, payload)
+
+
+def provider_update_for(caller: Caller, provider_id: str, payload: ProviderPatch) -> Provider:
     provider = provider_for(caller, provider_id, "change")
     fields = _blank_nulls(payload.model_dump(exclude_unset=True), "base_url", "api_version")
     services.provider_update(actor=caller.actor, provider=provider, **fields)
@@ -224,10 +240,12 @@ def create_model(request, provider_id: str, payload: ModelIn):
 
     Scope: aiProviders:UpdateAiProvider. 409 when the provider already has this model_id.
     """
-    caller = api_caller(request, Scope.UPDATE)
+    return Status(201, model_create_for(api_caller(request, Scope.UPDATE), provider_id, payload))
+
+
+def model_create_for(caller: Caller, provider_id: str, payload: ModelIn) -> AIModel:
     provider = provider_for(caller, provider_id, "change")
-    model = services.model_create(actor=caller.actor, provider=provider, **_model_fields(payload))
-    return Status(201, model)
+    return services.model_create(actor=caller.actor, provider=provider, **_model_fields(payload))
 
 
 @router.get("/{provider_id}/models/{model_pk}", response={200: ModelOut, **ERRORS})
@@ -258,7 +276,10 @@ def delete_model(request, provider_id: str, model_pk: int):
 
 
 def _set_enablement(request, provider_id: str, model_pk: int, tenant_id: UUID, *, enabled: bool) -> dict:
-    caller = api_caller(request, Scope.UPDATE)
+    return model_enablement_for(api_caller(request, Scope.UPDATE), provider_id, model_pk, tenant_id, enabled=enabled)
+
+
+def model_enablement_for(caller: Caller, provider_id: str, model_pk: int, tenant_id: UUID, *, enabled: bool) -> dict:
     model = model_for(caller, provider_id, model_pk)  # invisible to the caller: 404 before anything else
     if caller.api_key is not None:
         raise Forbidden("Only the sysadmin (super API key) enables instance-level models for tenants.")

@@ -102,7 +102,7 @@ def _records(request, filters: UsageFilters):
     data = filters.model_dump()
     if not caller.principal.is_sysadmin:
         data["tenant_id"] = None
-    return caller, selectors.usage_list(principal=caller.principal, **data)
+    return selectors.usage_list(principal=caller.principal, **data)
 
 
 def _budget(caller, tenant_id) -> dict:
@@ -123,7 +123,7 @@ def _budget(caller, tenant_id) -> dict:
 @paginate(Pagination)
 def list_usage(request, filters: Query[UsageFilters]):
     """Usage records, newest first, with filters."""
-    return _records(request, filters)[1]
+    return _records(request, filters)
 
 
 @router.get("/summary", response={200: UsageSummaryOut, 401: ErrorOut, 403: ErrorOut, 422: ErrorOut})
@@ -131,5 +131,13 @@ def usage_summary(request, filters: Query[UsageFilters]):
     """Totals per requested model (calls, errors, tokens, cost, mean latency) for the filtered records, with the
     tenant's monthly budget, its spend this month (as recorded: the ledger writes within a second) and what
     remains of it."""
-    caller, records = _records(request, filters)
+    return summary_for(api_caller(request, Scope.USAGE), filters)
+
+
+def summary_for(caller, filters: UsageFilters) -> dict:
+    """The summary for a caller (REST and the MCP tool get-usage-summary)."""
+    data = filters.model_dump()
+    if not caller.principal.is_sysadmin:
+        data["tenant_id"] = None
+    records = selectors.usage_list(principal=caller.principal, **data)
     return {**_budget(caller, filters.tenant_id), "models": selectors.usage_summary(records)}
