@@ -74,7 +74,7 @@ def test_celery_messages_and_check_records_hold_no_secret(db, upstream, all_logs
         from eneo_site.celery import app
 
         p = make_provider(name="Canary provider", base_url=upstream.url + "/v1", api_key=CANARY,
-                          config={"organization": CANARY})
+                          config={"organization": "org-canary-test"})
         make_model(p, model_id="gpt-4o-mini")
         upstream.set_fault("status", status=500, message=f"internal error, key={CANARY}")
         eager = app.conf.task_always_eager
