@@ -86,7 +86,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[:
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "eneo_site.admin_site.EneoAdminConfig",  # django.contrib.admin with our site (dashboard, ordered index)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -18,9 +18,14 @@ from providers.provider_types import get_spec
 from providers.selectors import model_list, provider_can, provider_check_list, provider_search
 from providers.admin.base import ScopedAdminMixin, actor_for, health_badge, object_post_view, principal_for
 from providers.admin.checks import run_discovery, run_model_validate, run_provider_test
+from providers.admin.dashboard import health_history_context
 from providers.admin.forms import AIModelInlineForm, ProviderChangeForm, ProviderKeyInlineForm
 from providers.admin.sharing import SharingAdminMixin
 from providers.admin.wizard import ProviderWizard
+
+
+LAST_CHECKS = 10  # listed under "Last checks"
+HEALTH_HISTORY = 50  # checks read for the health history chart and its changes
 
 
 class ProviderChildInline(admin.TabularInline):
@@ -176,11 +181,14 @@ class ProviderAdmin(SharingAdminMixin, ScopedAdminMixin, admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         provider = self.get_scoped_object(request, unquote(object_id))
-        checks = list(provider_check_list(provider=provider))
+        # One query for both: the last checks listed, and the longer health history (chart and changes).
+        history = list(provider_check_list(provider=provider, limit=HEALTH_HISTORY))
+        checks = history[:LAST_CHECKS]
         check_expire_stale(checks=checks)  # one whose worker stopped shows as failed (and the page stops refreshing)
         extra_context = {**(extra_context or {}), **self.sharing_context(request, provider), "checks": checks,
                          "checks_pending": any(c.state != "done" for c in checks),
-                         "lists_models": get_spec(provider.provider_type).lists_models}
+                         "lists_models": get_spec(provider.provider_type).lists_models,
+                         **health_history_context(history)}
         return super().change_view(request, object_id, form_url, extra_context)
 
     def get_form(self, request, obj=None, change=False, **kwargs):
