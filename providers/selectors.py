@@ -369,3 +369,37 @@ def check_get(*, principal: Principal, task_id: str):
     if check is None:
         raise NotFound(f"Task {task_id[:64]} not found.")
     return check
+
+
+# --- A tenant's page (admin) ------------------------------------------------------------------------------------
+
+def tenant_model_list(*, tenant: Tenant) -> QuerySet[AIModel]:
+    """The models the tenant's API keys may call (model_visible_q for the tenant), each annotated with
+    `enabled_here` (an explicit enablement for this tenant); callers check the tenant is in the user's scope."""
+    enabled = TenantModelEnablement.objects.filter(tenant=tenant, model=OuterRef("pk"))
+    return (model_list(principal=Principal(tenant=tenant)).annotate(enabled_here=Exists(enabled))
+            .select_related("provider"))
+
+
+def tenant_usage_month(*, tenant: Tenant, now=None) -> dict:
+    """This month's (UTC) calls, errors, tokens and cost of the tenant, with its budget, spent and remaining
+    (one query; the same month and sum as the budget check, providers.gateway.usage)."""
+    from decimal import Decimal
+
+    from django.db.models import Sum
+
+    from providers.gateway.usage import MONEY, month_start
+    from providers.models import UsageRecord
+
+    since = month_start(now)
+    totals = UsageRecord.objects.filter(tenant=tenant, created_at__gte=since).aggregate(
+        calls=Count("id"), errors=Count("id", filter=Q(status="error")), tokens_in=Sum("tokens_in"),
+        tokens_out=Sum("tokens_out"), cost=Sum("cost"))
+    spent = Decimal(totals["cost"] or 0).quantize(MONEY)
+    budget = tenant.monthly_budget
+    return {
+        "since": since, "calls": totals["calls"], "errors": totals["errors"],
+        "tokens_in": totals["tokens_in"] or 0, "tokens_out": totals["tokens_out"] or 0, "spent": spent,
+        "budget": budget, "remaining": None if budget is None else max(budget - spent, Decimal(0)),
+        "percent": None if not budget else round(float(spent / budget * 100), 1),
+    }

@@ -143,11 +143,17 @@ def provider_create(
     instance_wide: bool = False, status: str = "active", rpm: int | None = None, tpm: int | None = None,
     max_concurrency: int | None = None, api_key: str | None = None, key_label: str = "",
     sealed_api_key: Sealed | None = None, models: list[dict] | None = None,
+    enable_for_tenants: list[Tenant] | tuple[Tenant, ...] = (),
 ) -> Provider:
     """Create a provider with its first key and models, all or nothing.
 
     `sealed_api_key` passes a key that is already encrypted (the admin wizard keeps only ciphertext).
+    `enable_for_tenants`: tenants that may use the new models of an instance-level provider (the sharing picked in
+    the wizard), enabled in the same transaction (model_set_tenant_enabled, audited per model and tenant).
     """
+    if enable_for_tenants and tenant is not None:
+        raise ValidationError({"enable_for_tenants": "A tenant's own provider cannot be shared with other tenants: "
+                                                     "its models are its tenant's already."})
     api_key = (api_key or "").strip()
     provider = Provider(
         tenant=tenant, owner=owner, name=(name or "").strip(), provider_type=_provider_type(provider_type),
@@ -166,8 +172,10 @@ def provider_create(
     catalog_bump(provider.tenant_id)
     if api_key or sealed_api_key:
         provider_key_add(actor=actor, provider=provider, secret=api_key, sealed=sealed_api_key, label=key_label)
-    for spec in models or []:
-        model_create(actor=actor, provider=provider, **spec)
+    created = [model_create(actor=actor, provider=provider, **spec) for spec in models or []]
+    for shared_with in enable_for_tenants:
+        for model in created:
+            model_set_tenant_enabled(actor=actor, model=model, tenant=shared_with, enabled=True)
     return provider
 
 

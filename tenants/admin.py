@@ -1,17 +1,20 @@
+import secrets
+from dataclasses import dataclass
+from typing import Callable
+
 from django import forms
 from django.contrib import admin, messages
-from django.http import Http404
+from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-
 
 from . import scopes, services
 from .actors import Actor
 from .api_keys import KEY_PREFIX, api_key_create, api_key_revoke
 from .models import AuditEvent, Tenant, TenantApiKey, TenantMembership
-from .selectors import tenant_scope_q, tenants_administered
+from .selectors import tenant_api_key_list, tenant_scope_q, tenants_administered
 
 
 class NotFoundOutsideScopeMixin:
@@ -45,12 +48,70 @@ class TenantScopedAdminMixin(NotFoundOutsideScopeMixin):
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
+class TenantMembershipInlineForm(forms.ModelForm):
+    """An existing membership's user is fixed (remove the row and add another to change it): shown as a plain
+    one-option select, so the page does not query the user list once per member."""
+
+    class Meta:
+        model = TenantMembership
+        fields = ("user", "role")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and "user" in self.fields:
+            field = self.fields["user"]
+            field.disabled = True
+            field.widget = forms.Select(choices=[(self.instance.user_id, str(self.instance.user))])
+
+
 class TenantMembershipInline(admin.TabularInline):
     model = TenantMembership
+    form = TenantMembershipInlineForm
     extra = 0
     autocomplete_fields = ("user",)
     fields = ("user", "role", "created_at")
     readonly_fields = ("created_at",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("user", "tenant")  # each row's title names both
+
+
+@dataclass(frozen=True)
+class PageSection:
+    """A read-only table on a tenant's page. Rows are lists of cells: text, or safe HTML from format_html."""
+
+    title: str
+    headers: tuple[str, ...]
+    rows: list
+    empty: str = "None."
+    facts: tuple[tuple[str, str], ...] = ()  # (label, value) shown above the table
+    links: tuple[tuple[str, str], ...] = ()  # (url, text) shown below it
+    section_id: str = ""
+
+
+# (request, tenant) -> PageSection | None. Apps that tenants may not import (providers) add theirs on import.
+SectionBuilder = Callable[[object, Tenant], "PageSection | None"]
+
+
+def api_keys_section(request, tenant: Tenant) -> PageSection:
+    keys = list(tenant_api_key_list(tenant=tenant))
+    now = timezone.now()
+
+    def state(key):
+        if not key.is_active:
+            return "revoked"
+        return "expired" if key.expires_at and key.expires_at <= now else "active"
+
+    rows = [[format_html('<a href="{}">{}</a>', reverse("admin:tenants_tenantapikey_change", args=[key.pk]),
+                         key.name),
+             format_html("<code>{}{}_...</code>", KEY_PREFIX, key.prefix), ", ".join(key.scopes) or "-",
+             state(key), key.expires_at or "never", key.last_used_at or "never"] for key in keys]
+    return PageSection(
+        title="API keys", headers=("Name", "Key", "Scopes", "Status", "Expires", "Last used"), rows=rows,
+        empty="No API keys yet.", section_id="tenant-api-keys",
+        links=((reverse("admin:tenants_tenantapikey_add") + f"?tenant={tenant.pk}", "Add an API key"),
+               (reverse("admin:tenants_tenantapikey_changelist") + f"?tenant__id__exact={tenant.pk}",
+                "All of this tenant's API keys")))
 
 
 @admin.register(Tenant)
@@ -63,6 +124,15 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     readonly_fields = ("id", "created_at", "updated_at")
     fields = ("id", "name", "slug", "is_active", "monthly_budget", "credential_policy", "created_at", "updated_at")
     tenant_path = "pk"
+    change_form_template = "admin/tenants/tenant/change_form.html"
+    # Read-only sections below the members and credentials: API keys here; providers.admin adds the enabled
+    # models and this month's usage (imports run one way).
+    page_sections: list[SectionBuilder] = [api_keys_section]
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None and obj.pk:  # get_object already limited obj to the user's scope
+            context["tenant_sections"] = [s for s in (build(request, obj) for build in self.page_sections) if s]
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def get_queryset(self, request):
         from django.db.models import Count
@@ -169,12 +239,27 @@ class TenantApiKeyAddForm(forms.ModelForm):
         return expires_at
 
 
+CREATED_KEYS_SESSION = "tenants_created_api_keys"
+MAX_PENDING_KEYS = 5
+
+
+class _NoSealer:
+    @staticmethod
+    def encrypt(value):
+        raise RuntimeError("credentials.admin sets TenantApiKeyAdmin.sealer (imports run one way)")
+
+    decrypt = encrypt
+
+
 @admin.register(TenantApiKey)
 class TenantApiKeyAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     """Created once with the plaintext shown once (never stored: only a prefix and an HMAC digest); revoked,
     never edited or deleted. All writes go through tenants.api_keys."""
 
     add_form = TenantApiKeyAddForm
+    # Encrypts a new key's plaintext for the one redirect to the page that shows it: credentials.crypto, set by
+    # credentials.admin (tenants does not import credentials).
+    sealer = _NoSealer
     list_display = ("name", "tenant", "key_prefix", "scope_list", "is_active", "expires_at", "last_used_at")
     list_filter = ("is_active", ("tenant", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "prefix", "tenant__name")
@@ -222,17 +307,39 @@ class TenantApiKeyAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         request._created_api_key = created.plaintext  # for response_add only; never stored
 
     def response_add(self, request, obj, post_url_continue=None):
+        """POST, redirect, GET: the plaintext waits, encrypted, under a one-time token in the session; the GET
+        shows it once. A reload of that page shows "already shown" and never creates another key."""
         plaintext = getattr(request, "_created_api_key", None)
         if plaintext is None:
             return super().response_add(request, obj, post_url_continue)
-        # Rendered into this very response, so the message is consumed here and never reaches the message
-        # storage (cookie or session); the page is not cached (admin_view adds never_cache).
-        messages.success(request, format_html(
-            "The API key “{}” was created. Copy it now: it is shown only this once and is not stored. "
-            "<br><code>{}</code><br><a href=\"{}\">Back to the API keys</a>",
-            obj.name, plaintext, reverse("admin:tenants_tenantapikey_changelist")))
-        return TemplateResponse(request, "admin/base_site.html", {
-            **self.admin_site.each_context(request), "title": "API key created", "subtitle": None,
+        token = secrets.token_urlsafe(16)
+        pending = dict(request.session.get(CREATED_KEYS_SESSION) or {})
+        pending = dict(list(pending.items())[-(MAX_PENDING_KEYS - 1):])  # unread ones do not pile up
+        pending[token] = {"sealed": self.sealer.encrypt(plaintext), "key_id": obj.pk}
+        request.session[CREATED_KEYS_SESSION] = pending
+        return HttpResponseRedirect(reverse("admin:tenants_tenantapikey_created") + f"?token={token}")
+
+    def get_urls(self):
+        return [path("created/", self.admin_site.admin_view(self.created_view), name="tenants_tenantapikey_created"),
+                *super().get_urls()]
+
+    def created_view(self, request):
+        """The new key, shown once: popped from the session, so a reload finds nothing (and posts nothing)."""
+        pending = dict(request.session.get(CREATED_KEYS_SESSION) or {})
+        entry = pending.pop((request.GET.get("token") or "")[:64], None)
+        if entry is not None:
+            request.session[CREATED_KEYS_SESSION] = pending
+        key = plaintext = None
+        if entry is not None:
+            key = self.get_queryset(request).filter(pk=entry.get("key_id")).first()
+            try:
+                plaintext = self.sealer.decrypt(entry["sealed"]) if key is not None else None
+            except Exception:  # noqa: BLE001 - an unreadable entry (rotated key) is as good as gone
+                plaintext = None
+        return TemplateResponse(request, "admin/tenants/tenantapikey/created.html", {
+            **self.admin_site.each_context(request), "opts": self.opts, "title": "API key created",
+            "subtitle": None, "api_key": key, "plaintext": plaintext,
+            "changelist_url": reverse("admin:tenants_tenantapikey_changelist"),
         })
 
     @admin.action(description="Revoke the selected keys", permissions=("change",))

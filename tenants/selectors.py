@@ -59,3 +59,11 @@ def audit_list(*, tenant=None, all_tenants: bool = False, action=None, actor=Non
     if until is not None:
         qs = qs.filter(created_at__lt=until)
     return qs.order_by("-created_at", "-id")
+
+
+def tenant_api_key_list(*, tenant):
+    """A tenant's API keys for its page (callers check the tenant is in the user's scope): active first, newest
+    first; only prefixes and metadata (the digest is never shown)."""
+    from .models import TenantApiKey
+
+    return TenantApiKey.objects.filter(tenant=tenant).order_by("-is_active", "-created_at", "-id")

@@ -400,11 +400,13 @@ def test_api_key_is_shown_once_and_revoked_by_action(admin_client, tenant):
     assert "must be in the future" in response.content.decode() and not TenantApiKey.objects.exists()
     response = admin_client.post(f"{KEYS}add/", {"tenant": tenant.pk, "name": "intranet bot",
                                                  "scopes": ["aiProviders:ListAiProviders", "gateway:Use"]})
-    assert response.status_code == 200
+    assert response.status_code == 302 and response["Location"].startswith(f"{KEYS}created/?token=")
+    assert str(TenantApiKey.objects.get().prefix) not in str(dict(admin_client.session))  # only ciphertext waits
+    response = admin_client.get(response["Location"])
     page = response.content.decode()
     key = TenantApiKey.objects.get()
     start = page.index(f"eneo_{key.prefix}_")
-    plaintext = page[start:page.index("<", start)]
+    plaintext = page[start:page.index('"', start)]
     assert api_key_check(plaintext) == key and key.scopes == ["aiProviders:ListAiProviders", "gateway:Use"]
     assert plaintext not in str(dict(admin_client.session)) and plaintext not in str(response.cookies)
     listing = admin_client.get(KEYS).content.decode()

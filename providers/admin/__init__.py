@@ -7,5 +7,6 @@ from providers.admin.aimodel import AIModelAdmin
 from providers.admin.provider import ProviderAdmin
 from providers.admin.schedules import PeriodicTaskAdmin
 from providers.admin.usage import UsageRecordAdmin
+from providers.admin import tenant_page  # noqa: F401 - the tenant page's models and usage sections
 
 __all__ = ["AIModelAdmin", "PeriodicTaskAdmin", "ProviderAdmin", "UsageRecordAdmin"]

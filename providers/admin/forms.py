@@ -249,8 +249,16 @@ class TenantEnablementForm(forms.Form):
 class WizardTypeForm(forms.Form):
     provider_type = forms.ChoiceField(help_text="The LiteLLM provider type: decides the fields and models below.")
     tenant = forms.ModelChoiceField(
-        queryset=Tenant.objects.none(),
-        help_text="The tenant that owns the provider; nobody outside it ever sees it.",
+        queryset=Tenant.objects.none(), label="Owning tenant",
+        help_text="The tenant that owns the provider: its users and API keys may use its models at once; nobody "
+                  "outside it ever sees it.",
+    )
+    shared_with = forms.ModelMultipleChoiceField(
+        queryset=Tenant.objects.none(), required=False, label="Shared with tenants",
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Only for an instance-level provider: the tenants whose users and API keys may use the models you "
+                  "pick in step 3 (enabled when the provider is saved; change later with the AI models action "
+                  "'Enable for a tenant...'). None ticked: nobody may call them until you enable them.",
     )
 
     def __init__(self, *args, tenants, allow_instance_level: bool, **kwargs):
@@ -260,7 +268,18 @@ class WizardTypeForm(forms.Form):
         if allow_instance_level:
             self.fields["tenant"].required = False
             self.fields["tenant"].empty_label = "(none: an instance-level provider)"
-            self.fields["tenant"].help_text += " Leave empty for an instance-level provider managed by sysadmins."
+            self.fields["tenant"].help_text += (" Leave empty for an instance-level provider managed by sysadmins, "
+                                                "and pick below which tenants may use it.")
+            self.fields["shared_with"].queryset = tenants
+        else:
+            del self.fields["shared_with"]  # sharing across tenants is for instance-level providers (sysadmins)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("tenant") and data.get("shared_with"):
+            self.add_error("shared_with", "A tenant's own provider is not shared with other tenants: leave the "
+                                          "owning tenant empty (instance level) to share it, or untick these.")
+        return data
 
 
 class WizardCredentialsForm(forms.Form):

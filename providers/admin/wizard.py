@@ -1,8 +1,10 @@
 """The add-provider wizard, replacing the admin's add view (STYLE.md 3, like UserAdmin's password view).
 
-1. type (favourites first, searchable) and tenant; 2. name and the type's fields from the registry (the key);
+1. type (favourites first, searchable) and the owning tenant, or instance level and the tenants it is shared
+with; 2. name and the type's fields from the registry (the key);
 3. models: the server's own list (GET {base_url}/models) or LiteLLM's registry, plus ids typed in.
-The final submit calls services.provider_create once: provider, key and models in one transaction.
+The final submit calls services.provider_create once: provider, key, models and the chosen tenants' enablement of
+those models in one transaction.
 
 The session holds the wizard's state but never a plaintext key: only its ciphertext (credentials.crypto),
 handed to provider_create as a Sealed value. The state is cleared once the provider is saved.
@@ -92,7 +94,7 @@ class ProviderWizard:
             raise PermissionDenied
 
     def _resume(self, request, *, need_connection: bool = False):
-        """(state, spec, tenant) of a wizard in progress, or a redirect to the step to do first."""
+        """(state, spec, tenant, shared_with) of a wizard in progress, or a redirect to the step to do first."""
         state = self._state(request)
         try:
             spec = get_spec(state.get("provider_type") or "")
@@ -107,7 +109,12 @@ class ProviderWizard:
             return self._redirect_to(request, "add", "Pick a tenant first.")
         if need_connection and not state.get("name"):
             return self._redirect_to(request, "wizard_credentials", "Enter the connection details first.")
-        return state, spec, tenant
+        shared_with = []
+        if state.get("shared_with") and tenant is None:
+            shared_with = list(provider_tenant_choices(principal=principal).filter(pk__in=state["shared_with"]))
+            if len(shared_with) != len(state["shared_with"]):
+                return self._redirect_to(request, "add", "Pick the tenants to share with again.")
+        return state, spec, tenant, shared_with
 
     @staticmethod
     def _url(name: str, **query) -> str:
@@ -148,11 +155,12 @@ class ProviderWizard:
                           "tenant": str(tenant.pk) if tenant else None}
                 if any(state.get(key) != value for key, value in chosen.items()):
                     state = chosen  # another type or tenant: start over (an entered key is dropped)
+                state["shared_with"] = sorted(str(t.pk) for t in form.cleaned_data.get("shared_with") or ())
                 self._save(request, state)
                 return HttpResponseRedirect(self._url("wizard_credentials"))
         else:
-            form = WizardTypeForm(initial={"provider_type": state.get("provider_type"), "tenant": state.get("tenant")},
-                                  **form_kwargs)
+            form = WizardTypeForm(initial={"provider_type": state.get("provider_type"), "tenant": state.get("tenant"),
+                                           "shared_with": state.get("shared_with") or []}, **form_kwargs)
         q = (request.GET.get("q") or "").strip()[:100]
         return self._render(request, "type.html", 1, {
             "form": form,
@@ -192,7 +200,7 @@ class ProviderWizard:
         resumed = self._resume(request)
         if isinstance(resumed, HttpResponse):
             return resumed
-        state, spec, tenant = resumed
+        state, spec, tenant, shared_with = resumed
         form_kwargs = {"spec": spec, "tenant": tenant, "key_stored": bool(state.get("sealed_key")),
                        "actor": actor_for(request), "settings_stored": self._settings(state)}
         if request.method == "POST":
@@ -222,6 +230,7 @@ class ProviderWizard:
                                                   if k in state}, **form_kwargs)
         return self._render(request, "connection.html", 2, {
             "form": form, "spec": spec, "tenant": tenant, "key_masked": state.get("key_masked", ""),
+            "shared_with": shared_with,
         })
 
     # --- step 3: models, then create ---------------------------------------------------------------------
@@ -231,7 +240,7 @@ class ProviderWizard:
         resumed = self._resume(request, need_connection=True)
         if isinstance(resumed, HttpResponse):
             return resumed
-        state, spec, tenant = resumed
+        state, spec, tenant, shared_with = resumed
         source = self._model_source(request, state, spec)
         q = (request.GET.get("q") or "").strip()[:100]
         matching = [o for o in source.options if q.lower() in o.model_id.lower()] if q else source.options
@@ -255,7 +264,7 @@ class ProviderWizard:
                 return navigation
             form = WizardModelsForm(request.POST, **form_kwargs)
             if form.is_valid():
-                response = self._create(request, state, spec, tenant, form)
+                response = self._create(request, state, spec, tenant, form, shared_with)
                 if response is not None:
                     return response
         else:
@@ -263,6 +272,7 @@ class ProviderWizard:
                                              "test_after": state.get("test_after", True)}, **form_kwargs)
         return self._render(request, "models.html", 3, {
             "form": form, "spec": spec, "tenant": tenant, "state": state, "source": source, "q": q, "page": page,
+            "shared_with": shared_with,
             "selected": selected, "checked": set(selected),
             "selected_elsewhere": [s for s in selected if s not in {o.model_id for o in page}],
         })
@@ -329,7 +339,7 @@ class ProviderWizard:
                                     tenant_controlled=bool(state.get("tenant")))
         return {"ids": list(result.ids), "error": result.error}
 
-    def _create(self, request, state: dict, spec: ProviderTypeSpec, tenant, form):
+    def _create(self, request, state: dict, spec: ProviderTypeSpec, tenant, form, shared_with):
         model_ids = list(dict.fromkeys(state.get("selected", []) + form.cleaned_data["extra_models"]))
         try:
             provider = services.provider_create(
@@ -339,13 +349,15 @@ class ProviderWizard:
                 sealed_api_key=Sealed(state["sealed_key"]) if state.get("sealed_key") else None,
                 config=self._settings(state),
                 key_label=state.get("key_label", ""), models=[{"model_id": m} for m in model_ids],
+                enable_for_tenants=shared_with,
             )
         except (ValidationError, services.Conflict) as exc:
             form.add_error(None, f"{error_text(exc)} Nothing was saved; go back to change the connection if needed.")
             return None
         self._clear(request)
         self.model_admin.log_addition(request, provider, [{"added": {}}])
-        messages.success(request, f"The provider “{provider}” was added with {len(model_ids)} model(s).")
+        shared = f", enabled for {', '.join(t.name for t in shared_with)}" if shared_with and model_ids else ""
+        messages.success(request, f"The provider “{provider}” was added with {len(model_ids)} model(s){shared}.")
         if form.cleaned_data["test_after"]:
             outcome = run_provider_test(provider, request)
             messages.add_message(request, outcome.level,
