@@ -12,6 +12,8 @@ Two lanes:
   before the body is read, and the security headers are set (HSTS on https under production settings). The
   gateway's few database touches (catalog refresh, usage batches) manage their own connections. Each request
   carries the process's Gateway (providers/gateway/core.py).
+- /metrics (Prometheus text format, providers/metrics.py) is answered here too: GET only, with METRICS_TOKEN as a
+  bearer token when set, 404 when METRICS_ENABLED is false. The files are read in the thread-sensitive executor.
 - Everything else (admin, REST API) goes through Django's normal handler. Static admin assets are served by
   Django's staticfiles handler, which only intercepts STATIC_URL paths.
 
@@ -20,6 +22,7 @@ looks at it, and then checks DATA_UPLOAD_MAX_MEMORY_SIZE against the Content-Len
 has none, so it passed whatever its size).
 """
 import asyncio
+import hmac
 import os
 
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
@@ -43,6 +46,7 @@ from tenants.throttle import scope_address  # noqa: E402
 from .exceptions import too_large_message  # noqa: E402
 
 FAST_PREFIX = "/v1/"
+METRICS_PATH = "/metrics"
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
 
 
@@ -221,9 +225,44 @@ class GatewayLane(ASGIHandler):
         return response
 
 
+async def _send_plain(send, status: int, body: bytes, headers: dict | None = None):
+    head = {"content-type": "text/plain; charset=utf-8", "content-length": str(len(body)), **SECURITY_HEADERS,
+            **(headers or {})}
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in head.items()]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _metrics_token_ok(scope) -> bool:
+    """No METRICS_TOKEN: open. Else `Authorization: Bearer <METRICS_TOKEN>`, compared in constant time."""
+    expected = settings.METRICS_TOKEN
+    if not expected:
+        return True
+    authorization = dict(scope.get("headers") or []).get(b"authorization", b"")
+    token = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else b""
+    return hmac.compare_digest(token, expected.encode())
+
+
+async def metrics_endpoint(scope, receive, send):
+    """GET /metrics: every process's metrics (providers.metrics.render)."""
+    if not settings.METRICS_ENABLED:
+        return await _send_plain(send, 404, b"Not found.\n")
+    if not _host_allowed(scope):
+        return await _send_plain(send, 400, b"Invalid Host header.\n")
+    if scope["method"] != "GET":
+        return await _send_plain(send, 405, b"Use GET.\n", {"Allow": "GET"})
+    if not _metrics_token_ok(scope):
+        return await _send_plain(send, 401, b"Send 'Authorization: Bearer <METRICS_TOKEN>'.\n",
+                                 {"WWW-Authenticate": 'Bearer realm="metrics"'})
+    from providers.metrics import CONTENT_TYPE, render
+
+    body = await sync_to_async(render, thread_sensitive=True)()
+    await _send_plain(send, 200, body, {"content-type": CONTENT_TYPE, "cache-control": "no-store"})
+
+
 class Router:
     """/v1/ to the gateway lane, /mcp to the MCP server (which alone gets the lifespan events: its session manager
-    runs for the server's life), everything else to Django."""
+    runs for the server's life), /metrics to `metrics_endpoint`, everything else to Django."""
 
     def __init__(self, default, fast, mcp=None):
         self.default, self.fast, self.mcp = default, fast, mcp
@@ -235,6 +274,8 @@ class Router:
                 return await self.fast.handle(scope, receive, send)
             if self.mcp is not None and self.mcp.handles(path):
                 return await self.mcp(scope, receive, send)
+            if path == METRICS_PATH:
+                return await metrics_endpoint(scope, receive, send)
         elif scope["type"] == "lifespan" and self.mcp is not None:
             return await self.mcp.lifespan(scope, receive, send)
         return await self.default(scope, receive, send)

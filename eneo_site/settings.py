@@ -340,3 +340,16 @@ PROVIDER_DISCOVERY_TIMEOUT = env.float("PROVIDER_DISCOVERY_TIMEOUT", default=5.0
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Metrics (/metrics, Prometheus text format; providers/metrics.py) ----------------------------------------
+# METRICS_ENABLED=false: /metrics answers 404 and nothing is recorded (no per-call cost).
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
+# Bearer token Prometheus must send (Authorization: Bearer <token>). Empty: /metrics is open to anyone who can
+# reach it; set it, or block the path at the reverse proxy.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Where every process of this instance (uvicorn workers, Celery worker) writes its metric files (prometheus-client's
+# multiprocess mode); one scrape of any web worker adds them all up. One folder per instance and host, local disk
+# (a tmpfs is best). Set before prometheus_client is imported: here, in the environment of this process.
+PROMETHEUS_MULTIPROC_DIR = str(Path(env.str("PROMETHEUS_MULTIPROC_DIR", default="") or VAR_DIR / "prometheus"))
+Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR

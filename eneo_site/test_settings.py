@@ -13,6 +13,14 @@ os.environ["ENV_FILE"] = "/nonexistent"  # never read a developer's .env in test
 # The fake upstream (tests/fake_upstream) listens on 127.0.0.1: an operator-approved internal host. Attacker servers
 # in the egress tests listen on 127.0.0.2 / 127.0.0.3, which stay outside the list.
 os.environ.setdefault("ENDPOINT_ALLOWED_HOSTS", "127.0.0.1")
+# Metric files: one folder per test session, shared with the processes it starts (they inherit the variable).
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="eneo-metrics-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], True)
 
 from .settings import *  # noqa: E402,F401,F403
 

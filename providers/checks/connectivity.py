@@ -19,6 +19,7 @@ from tenants.models import CatalogChange
 from tenants.services import catalog_bump
 
 from providers.choices import HealthStatus, ModelStatus, ModelType
+from providers.metrics import check_done
 from providers.models import AIModel, Provider, ProviderCheck
 from providers.provider_types import get_spec, litellm_model_name
 
@@ -71,7 +72,22 @@ def classify_error(exc: Exception) -> tuple[str, str]:
     return HealthStatus.DOWN, f"Connection test failed: {upstream_text(exc)}"
 
 
-def _probe(provider: Provider, model: AIModel | None, model_id: str, model_type: str, cred: ResolvedCredential):
+class Stopwatch:
+    """Milliseconds since `start()`, which a probe calls right before the upstream call: a check's latency is the
+    provider's, not LiteLLM's import, the credential lookup or the building of the request."""
+
+    def __init__(self):
+        self.started: float | None = None
+
+    def start(self):
+        self.started = time.monotonic()
+
+    def ms(self) -> int | None:
+        return None if self.started is None else int((time.monotonic() - self.started) * 1000)
+
+
+def _probe(provider: Provider, model: AIModel | None, model_id: str, model_type: str, cred: ResolvedCredential,
+           watch: Stopwatch):
     """One tiny real call with the resolved credential, to the endpoint it is bound to, under its egress rule."""
     from providers.llm import call_kwargs, litellm
     from providers.services import model_settings
@@ -82,9 +98,11 @@ def _probe(provider: Provider, model: AIModel | None, model_id: str, model_type:
               "num_retries": 0, "max_retries": 0}
     with secret_scope(cred.api_key), egress_scope(tenant_controlled=cred.tenant_controlled):
         if model_type == ModelType.EMBEDDING:
+            watch.start()
             litellm.embedding(input=["test"], **kwargs)
         else:
             max_tokens = settings.PROBE_MAX_TOKENS_REASONING if (model and model.supports_reasoning) else 1
+            watch.start()
             litellm.completion(messages=[{"role": "user", "content": "hi"}], drop_params=True,
                                **{**kwargs, "max_tokens": max_tokens})
 
@@ -112,6 +130,8 @@ def _record(provider: Provider, kind: str, outcome: CheckOutcome, *, model=None,
     check.latency_ms, check.message, check.finished_at = outcome.latency_ms, outcome.message[:500], now
     check.details = {**(check.details or {}), "model_id": outcome.model_id}
     check.save()
+    if check.state == ProviderCheck.State.DONE:
+        check_done(kind, outcome.ok)
     if update_health and tenant is None:
         Provider.objects.filter(pk=provider.pk).update(
             health_status=outcome.status, health_checked_at=now, health_latency_ms=outcome.latency_ms,
@@ -126,7 +146,6 @@ def provider_test(*, provider: Provider, tenant=None, check: ProviderCheck | Non
     """A 1-token completion to a model of the provider (or a cheap known one) with the resolved key."""
     from providers.services import provider_credential
 
-    started = time.monotonic()
     try:
         cred = provider_credential(provider=provider, tenant=tenant)
     except CredentialError as exc:
@@ -141,14 +160,14 @@ def provider_test(*, provider: Provider, tenant=None, check: ProviderCheck | Non
         return outcome
     outcome = None
     for model, model_id, model_type in candidates:
+        watch = Stopwatch()
         try:
-            _probe(provider, model, model_id, model_type, cred)
-            latency = int((time.monotonic() - started) * 1000)
-            outcome = CheckOutcome(True, HealthStatus.HEALTHY, f"Connection OK ({model_id})", latency, model_id)
+            _probe(provider, model, model_id, model_type, cred, watch)
+            outcome = CheckOutcome(True, HealthStatus.HEALTHY, f"Connection OK ({model_id})", watch.ms(), model_id)
             break
         except Exception as exc:  # noqa: BLE001 - every failure is reported, masked
             status, message = classify_error(exc)
-            outcome = CheckOutcome(False, status, message, int((time.monotonic() - started) * 1000), model_id,
+            outcome = CheckOutcome(False, status, message, watch.ms(), model_id,
                                    transient=message.startswith(TRANSIENT_PREFIXES))
             if message != "None of the test models could be found":
                 break
@@ -161,17 +180,17 @@ def model_validate(*, model: AIModel, tenant=None, check: ProviderCheck | None =
     from providers.services import provider_credential
 
     provider = model.provider
-    started = time.monotonic()
+    watch = Stopwatch()
     try:
         cred = provider_credential(provider=provider, tenant=tenant)
-        _probe(provider, model, model.model_id, model.model_type, cred)
-        outcome = CheckOutcome(True, HealthStatus.HEALTHY, f"Model {model.model_id} answered",
-                               int((time.monotonic() - started) * 1000), model.model_id)
+        _probe(provider, model, model.model_id, model.model_type, cred, watch)
+        outcome = CheckOutcome(True, HealthStatus.HEALTHY, f"Model {model.model_id} answered", watch.ms(),
+                               model.model_id)
     except Exception as exc:  # noqa: BLE001
         status, message = classify_error(exc)
         if message == "None of the test models could be found":
             message = f"Model '{model.model_id}' was not found at the provider"
-        outcome = CheckOutcome(False, status, message, int((time.monotonic() - started) * 1000), model.model_id,
+        outcome = CheckOutcome(False, status, message, watch.ms(), model.model_id,
                                transient=message.startswith(TRANSIENT_PREFIXES))
     _record(provider, ProviderCheck.Kind.VALIDATE, outcome, model=model, tenant=tenant, check=check,
             update_health=False)

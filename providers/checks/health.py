@@ -11,7 +11,6 @@ row). The gateway prefers healthy models of an alias.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 import httpx
@@ -26,8 +25,9 @@ from tenants.models import CatalogChange
 from tenants.services import catalog_bump
 
 from providers.choices import HealthStatus, ModelStatus, ModelType, ProviderStatus
-from providers.checks.connectivity import classify_error
+from providers.checks.connectivity import Stopwatch, classify_error
 from providers.checks.discovery import list_headers, models_url
+from providers.metrics import check_done
 from providers.models import AIModel, Provider, ProviderCheck
 from providers.provider_types import get_spec, litellm_model_name
 
@@ -66,14 +66,15 @@ def _plan(provider: Provider) -> Probe:
 
 async def _probe(probe: Probe, client: httpx.AsyncClient) -> ProbeResult:
     provider, cred = probe.provider, probe.cred
-    started = time.monotonic()
+    watch = Stopwatch()  # around the upstream call only
     with secret_scope(cred.api_key), egress_scope(tenant_controlled=cred.tenant_controlled):
         try:
             if probe.model is None:
                 base = cred.api_base or provider.base_url or get_spec(provider.provider_type).default_base_url
                 headers = list_headers(provider.provider_type, cred.api_key or "", cred.settings)
+                watch.start()
                 response = await client.get(models_url(provider.provider_type, base), headers=headers)
-                latency = int((time.monotonic() - started) * 1000)
+                latency = watch.ms()
                 if response.status_code in (401, 403):
                     return ProbeResult(False, HealthStatus.DOWN, "Invalid API key", latency)
                 if response.status_code == 429:
@@ -83,7 +84,7 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> ProbeResult:
                     return ProbeResult(False, HealthStatus.DOWN,
                                        f"Model list answered HTTP {response.status_code}{redirect}", latency)
                 return ProbeResult(True, HealthStatus.HEALTHY, "OK (model list)", latency)
-            return await _probe_call(probe, started)
+            return await _probe_call(probe, watch)
         except EgressDenied as exc:
             return ProbeResult(False, HealthStatus.DOWN, f"Endpoint not allowed: {exc}", None)
         except (httpx.TimeoutException, asyncio.TimeoutError):
@@ -92,10 +93,10 @@ async def _probe(probe: Probe, client: httpx.AsyncClient) -> ProbeResult:
             return ProbeResult(False, HealthStatus.DOWN, "Could not connect to the API", None)
         except Exception as exc:  # noqa: BLE001 - every failure is a result, masked
             status, message = classify_error(exc)
-            return ProbeResult(False, status, mask_text(message), int((time.monotonic() - started) * 1000))
+            return ProbeResult(False, status, mask_text(message), watch.ms())
 
 
-async def _probe_call(probe: Probe, started: float) -> ProbeResult:
+async def _probe_call(probe: Probe, watch: Stopwatch) -> ProbeResult:
     from providers.llm import call_kwargs, litellm
     from providers.services import model_settings
 
@@ -105,12 +106,14 @@ async def _probe_call(probe: Probe, started: float) -> ProbeResult:
                             litellm_model_name(probe.provider.provider_type, model.model_id)), "timeout": settings.HEALTH_CHECK_TIMEOUT,
               "num_retries": 0, "max_retries": 0}
     if model.model_type == ModelType.EMBEDDING:
+        watch.start()
         await litellm.aembedding(input=["test"], **kwargs)
     else:
         max_tokens = settings.PROBE_MAX_TOKENS_REASONING if model.supports_reasoning else settings.HEALTH_PROBE_MAX_TOKENS
+        watch.start()
         await litellm.acompletion(messages=[{"role": "user", "content": "hi"}], drop_params=True,
                                   **{**kwargs, "max_tokens": max_tokens})
-    return ProbeResult(True, HealthStatus.HEALTHY, f"OK ({model.model_id})", int((time.monotonic() - started) * 1000))
+    return ProbeResult(True, HealthStatus.HEALTHY, f"OK ({model.model_id})", watch.ms())
 
 
 async def _run(probes: list[Probe]) -> list[ProbeResult]:
@@ -164,4 +167,7 @@ def health_check_providers(provider_ids: list[int]) -> dict:
         Provider.objects.bulk_update(providers, ["health_status", "health_checked_at", "health_latency_ms",
                                                  "health_error"], batch_size=500)
         ProviderCheck.objects.bulk_create(checks, batch_size=500)
+    passed = sum(1 for result in results if result.ok)
+    check_done(ProviderCheck.Kind.HEALTH, True, passed)
+    check_done(ProviderCheck.Kind.HEALTH, False, len(results) - passed)
     return counts

@@ -25,6 +25,7 @@ from tenants.actors import Actor
 
 from providers.checks import connectivity
 from providers.choices import HealthStatus
+from providers.metrics import check_done
 from providers.models import AIModel, Provider, ProviderCheck
 
 log = logging.getLogger("eneo.checks")
@@ -114,6 +115,8 @@ def _discover(check: ProviderCheck) -> connectivity.CheckOutcome:
     check.details = {**check.details, **{k: v for k, v in summary.items() if k != "ok"}}
     check.finished_at = timezone.now()
     check.save()
+    if check.state == ProviderCheck.State.DONE:
+        check_done(check.kind, outcome.ok)
     return outcome
 
 

@@ -8,12 +8,17 @@ through (half open); its success closes the circuit, its failure opens it again.
 What a caller causes never counts: a rejected request (4xx), a rejected credential, bad input that fails before
 reaching the provider. And the circuit is per key in use (the gateway passes (provider, tenant) for a tenant's
 own credential, (provider, None) for shared keys), so one tenant's broken credential pauses nobody else.
+
+Its state is a metric (providers.metrics.breaker_changed): eneo_gateway_breaker_open is 1 from the moment a
+circuit opens until a call through it succeeds again (its half-open pause included).
 """
 from __future__ import annotations
 
 import time
 
 from django.conf import settings
+
+from providers.metrics import breaker_changed
 
 _LOCAL_ERRORS = (UnicodeError, TypeError, ValueError, KeyError, AttributeError)
 
@@ -51,6 +56,7 @@ class Breaker:
     def __init__(self):
         self._failures: dict = {}
         self._open_until: dict = {}
+        self._labels: dict = {}  # open circuit -> its metric labels (provider public id, tenant slug or "")
 
     def allows(self, provider_id) -> bool:
         until = self._open_until.get(provider_id)
@@ -63,15 +69,28 @@ class Breaker:
 
     def success(self, provider_id):
         self._failures.pop(provider_id, None)
-        self._open_until.pop(provider_id, None)
+        if self._open_until.pop(provider_id, None) is not None:
+            self._closed(provider_id)
 
-    def failure(self, provider_id):
+    def failure(self, provider_id, labels: tuple[str, str] | None = None):
+        """A provider fault; `labels`: the circuit's (provider public id, tenant slug or "") for the metrics."""
         count = self._failures.get(provider_id, 0) + 1
         self._failures[provider_id] = count
         if settings.GATEWAY_BREAKER_FAILURES and count >= settings.GATEWAY_BREAKER_FAILURES:
+            opens = provider_id not in self._open_until
             self._open_until[provider_id] = time.monotonic() + settings.GATEWAY_BREAKER_SECONDS
+            if opens and labels is not None:
+                self._labels[provider_id] = labels
+                breaker_changed(*labels, True)
+
+    def _closed(self, provider_id):
+        labels = self._labels.pop(provider_id, None)
+        if labels is not None:
+            breaker_changed(*labels, False)
 
     def reset(self):
+        for provider_id in list(self._open_until):
+            self._closed(provider_id)
         self._failures.clear()
         self._open_until.clear()
 

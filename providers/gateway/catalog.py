@@ -370,6 +370,11 @@ class Catalog:
             else:
                 return state.snapshot, None
 
+    def current(self) -> Snapshot | None:
+        """The latest published snapshot as it is, without waiting (None before the first load)."""
+        state = self._state
+        return state.snapshot if state is not None else None
+
     async def get(self) -> Snapshot:
         """A snapshot fresh enough for every tenant."""
         arrival = self._touched = time.monotonic()

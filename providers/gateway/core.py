@@ -21,7 +21,9 @@ from tenants.request_id import current_request_id
 from providers.gateway.breaker import Breaker
 from providers.gateway.catalog import Catalog
 from providers.gateway.limits import Limiter
+from providers.gateway.shapes import public_name
 from providers.gateway.usage import UsageWriter
+from providers.metrics import gateway_metrics
 
 log = logging.getLogger("eneo.gateway")
 
@@ -47,8 +49,24 @@ class Gateway:
         self.catalog = Catalog()
         self.limiter = Limiter()
         self.breaker = Breaker()
-        self.usage = UsageWriter(shared=self.limiter)  # budgets share the limiter's Redis
+        # budgets share the limiter's Redis; every record is counted in the metrics there too
+        self.usage = UsageWriter(shared=self.limiter, metrics=gateway_metrics(self.metric_names))
         self._refusals: set[asyncio.Task] = set()
+
+    def metric_names(self, tenant_id, model_id) -> tuple[str, str, str] | None:
+        """(tenant slug, provider public id, model public name) of a usage record, from the catalog as it is; None
+        when it does not know them. No model (a refusal before one was chosen): empty provider and model."""
+        snapshot = self.catalog.current()
+        tenant = snapshot.tenants.get(tenant_id) if snapshot is not None else None
+        if tenant is None:
+            return None
+        if model_id is None:
+            return tenant.slug, "", ""
+        models = snapshot.per_tenant.get(tenant_id)
+        model = next((m for m in models.models if m.pk == model_id), None) if models is not None else None
+        if model is None:
+            return None
+        return tenant.slug, model.provider.public_id, public_name(model)
 
     def record_refusal(self, token: str, address: str | None, path: str, status: int, code: str,
                        requested: str = ""):

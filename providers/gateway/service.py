@@ -314,7 +314,8 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call, *, hold: bo
                 except Exception as exc:  # noqa: BLE001 - mapped, masked, maybe failed over
                     error, retryable = _map_upstream(exc, model)
                     if provider_fault(exc):
-                        caller.gateway.breaker.failure(breaker_key)
+                        caller.gateway.breaker.failure(breaker_key, (model.provider.public_id,
+                                                                     caller.tenant.slug if breaker_key[1] else ""))
                     log.info("gateway: %s via provider %s failed: %s", model.model_id, model.provider_id,
                              error.code)
                     if not retryable:

@@ -120,9 +120,10 @@ def _money(value) -> Decimal:
 
 class UsageWriter:
     """`shared`: where the Redis that worker processes share comes from (the Gateway's Limiter: `shared_redis()`,
-    `shared_redis_failed(exc)`); None: budgets count per process."""
+    `shared_redis_failed(exc)`); None: budgets count per process. `metrics`: a providers.metrics.GatewayMetrics that
+    counts every record (the one place gateway calls become metrics), or None."""
 
-    def __init__(self, shared=None):
+    def __init__(self, shared=None, metrics=None):
         self._pending: list[tuple] = []
         self._keys_used: dict[int, object] = {}
         self._provider_keys_used: set[int] = set()
@@ -136,11 +137,17 @@ class UsageWriter:
         self._reseed: set[str] = set()  # counters that missed costs of this process (Redis was unreachable)
         self._pusher: asyncio.Task | None = None
         self._scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # client -> (read, seed, add)
+        self._metrics = metrics
 
     def record(self, rec: tuple, *, budgeted: bool = False):
         """`rec` holds the values of USAGE_COLUMNS, in that order; `budgeted`: the tenant has a monthly budget (its
         cost goes to the shared month counter, when there is one)."""
         self._pending.append(rec)
+        if self._metrics is not None:
+            try:
+                self._metrics.observe(rec)
+            except Exception:  # noqa: BLE001 - a metric never costs a call its record
+                log.warning("usage: could not count a record in the metrics", exc_info=True)
         tenant_id, api_key_id, cost, created_at = rec[0], rec[1], rec[8], rec[15]
         if api_key_id:
             self._keys_used[api_key_id] = created_at
