@@ -40,11 +40,11 @@ class Chart:
 
 
 def nice_ceiling(value: float) -> float:
-    """The smallest 1, 2, 2.5 or 5 x 10^n at or above `value` (1 for nothing), so axis ticks are round."""
+    """The smallest 1, 2, 4, 6 or 8 x 10^n at or above `value` (1 for nothing): its quarters (the ticks) are round."""
     if value <= 0:
         return 1.0
     power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 2, 4, 6, 8, 10):
         if value <= step * power * (1 + 1e-9):
             return step * power
     return 10 * power
@@ -56,7 +56,7 @@ def fmt(value, unit: str = "") -> str:
         return "-"
     if isinstance(value, Decimal) or (isinstance(value, float) and not float(value).is_integer()):
         number = float(value)
-        text = f"{number:,.6f}".rstrip("0").rstrip(".") if abs(number) < 1 else f"{number:,.2f}"
+        text = (f"{number:,.6f}" if abs(number) < 1 else f"{number:,.2f}").rstrip("0").rstrip(".")
     else:
         text = f"{int(value):,}"
     return f"{text} {unit}".strip() if unit else text
@@ -86,7 +86,9 @@ def _frame(title: str, labels: Sequence[str], top: float, unit: str, series: Seq
         y = TOP + plot_h - plot_h * i / 4
         parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
         parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt(_tick(value, top)))}</text>')
-    step = max(1, math.ceil(n / MAX_X_LABELS))
+    longest = max((len(label) for label in labels), default=1)
+    fits = max(1, min(MAX_X_LABELS, int(plot_w // (longest * 6.5 + 10))))  # 11 px text: ~6.5 units a character
+    step = max(1, math.ceil(n / fits))
     for i, label in enumerate(labels):
         if i % step == 0:
             x = LEFT + plot_w * (i + 0.5) / n

@@ -49,7 +49,7 @@ def health_history_context(checks) -> dict:
     if not history:
         return {"health_chart": None, "health_changes": []}
     times = [c.created_at.strftime("%m-%d %H:%M") for c in history]
-    chart = Chart("Health history", bar_chart(
+    chart = Chart("Latency of each check, coloured by its result", bar_chart(
         title=f"Health history: latency of the last {len(history)} checks, coloured by result", labels=times,
         unit="ms", series=[Series("latency", [c.latency_ms or 0 for c in history], GREY)],
         colours=[HEALTH_COLOURS.get(c.status, GREY) for c in history]),
