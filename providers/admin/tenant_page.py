@@ -35,19 +35,23 @@ def models_section(request, tenant) -> PageSection:
         links=((reverse("admin:providers_aimodel_changelist"), "AI models"),))
 
 
+def _money(value) -> str:
+    return format(value.normalize(), "f") if value else "0"  # 0.25000000 -> 0.25, 0E-8 -> 0
+
+
 def usage_section(request, tenant) -> PageSection:
     usage = tenant_usage_month(tenant=tenant)
     if usage["budget"] is None:
         budget = "no monthly budget"
     else:
-        budget = f"{usage['budget']} (spent {usage['percent']} %, {usage['remaining']} left)"
+        budget = f"{_money(usage['budget'])} (spent {usage['percent']} %, {_money(usage['remaining'])} left)"
     url = reverse("admin:providers_usagerecord_changelist")
     return PageSection(
         title=f"Usage this month (since {usage['since']:%Y-%m-%d} UTC)", headers=(), rows=[],
         section_id="tenant-usage",
         facts=(("Calls", str(usage["calls"])), ("Errors", str(usage["errors"])),
                ("Tokens in / out", f"{usage['tokens_in']} / {usage['tokens_out']}"),
-               ("Spent", str(usage["spent"])), ("Monthly budget", budget)),
+               ("Spent", _money(usage["spent"])), ("Monthly budget", budget)),
         links=((f"{url}?tenant__id__exact={tenant.pk}", "This tenant's usage records"),))
 
 
