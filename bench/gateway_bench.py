@@ -118,6 +118,7 @@ def setup_gateway(tmp: Path, upstream: str) -> tuple[dict, str]:
         "LOG_LEVEL": "WARNING", "ENV_FILE": "/nonexistent", "CELERY_BROKER_URL": "memory://",
         # the tenant's provider points at the fake upstream on loopback: an internal host an operator approved
         "ENDPOINT_ALLOWED_HOSTS": "127.0.0.1",
+        "VAR_DIR": str(tmp / "var"),  # its own metrics folder (PROMETHEUS_MULTIPROC_DIR) and static files
     }
     subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env={**os.environ, **env}, check=True)
     code = f"""
@@ -225,6 +226,8 @@ def main():
     parser.add_argument("--skip-proxy", action="store_true")
     parser.add_argument("--only", choices=["nonstream", "stream"], default=None)
     parser.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="chat")
+    parser.add_argument("--compare-metrics", action="store_true",
+                        help="also run a second gateway with METRICS_ENABLED=false (the cost of /metrics)")
     args = parser.parse_args()
 
     procs = []
@@ -244,6 +247,13 @@ def main():
                        env=env, log=gw_log)
             procs.append(gw)
             wait_http(f"http://127.0.0.1:{gw_port}/healthz")
+            if args.compare_metrics:
+                gw2_port = free_port()
+                gw2 = start([str(Path(PY).parent / "uvicorn"), "eneo_site.asgi:application", "--host", "127.0.0.1",
+                             "--port", str(gw2_port), "--no-access-log", "--log-level", "warning", "--lifespan",
+                             "off"], env={**env, "METRICS_ENABLED": "false"}, log=gw_log)
+                procs.append(gw2)
+                wait_http(f"http://127.0.0.1:{gw2_port}/healthz")
             targets = {
                 "direct": {"base": upstream, "model": "gpt-4o-mini",
                            "headers": {"Authorization": "Bearer sk-bench-upstream-key-0001",
@@ -251,6 +261,9 @@ def main():
                 "gateway": {"base": f"http://127.0.0.1:{gw_port}", "model": "fast",
                             "headers": {"Authorization": f"Bearer {api_key}"}, "pid": gw.pid},
             }
+            if args.compare_metrics:
+                targets["gateway-nometrics"] = {"base": f"http://127.0.0.1:{gw2_port}", "model": "fast",
+                                                "headers": {"Authorization": f"Bearer {api_key}"}, "pid": gw2.pid}
             proxy_version = None
             proxy_bin = Path(args.proxy_venv) / "bin" / "litellm"
             if not args.skip_proxy and proxy_bin.exists():
