@@ -126,7 +126,8 @@ def test_cost_is_counted_as_in_the_ledger(gateway, world):
 
 
 def test_breaker_state_and_openings(gateway, upstream, world, settings):
-    settings.GATEWAY_BREAKER_FAILURES, settings.GATEWAY_BREAKER_SECONDS = 2, 0.3
+    # a pause long enough that a loaded machine still makes the paused call within it
+    settings.GATEWAY_BREAKER_FAILURES, settings.GATEWAY_BREAKER_SECONDS = 2, 2.0
     gateway.gw.breaker.reset()
     client = openai_client(gateway, world["key"])
     circuit = {"provider": world["provider"].public_id, "tenant": ""}  # shared key: one circuit for everyone
@@ -140,7 +141,7 @@ def test_breaker_state_and_openings(gateway, upstream, world, settings):
     with pytest.raises(openai.APIStatusError) as refused:  # paused: the gateway answers itself
         client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
     assert refused.value.status_code == 503
-    time.sleep(0.35)  # half open: the next call goes through, succeeds and closes the circuit
+    time.sleep(2.05)  # half open: the next call goes through, succeeds and closes the circuit
     client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
     text = scrape(gateway)
     assert value(text, "eneo_gateway_breaker_open", **circuit) == 0
