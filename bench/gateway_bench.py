@@ -228,6 +228,8 @@ def main():
     parser.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="chat")
     parser.add_argument("--compare-metrics", action="store_true",
                         help="also run a second gateway with METRICS_ENABLED=false (the cost of /metrics)")
+    parser.add_argument("--compare-lane", action="store_true",
+                        help="also run a gateway with GATEWAY_LEAN_LANE=false (every call through LiteLLM)")
     args = parser.parse_args()
 
     procs = []
@@ -242,28 +244,27 @@ def main():
             wait_http(upstream + "/__control/config")
             env, api_key = setup_gateway(tmp, upstream)
             gw_log = open(tmp / "gateway.log", "w")
-            gw = start([str(Path(PY).parent / "uvicorn"), "eneo_site.asgi:application", "--host", "127.0.0.1",
-                        "--port", str(gw_port), "--no-access-log", "--log-level", "warning", "--lifespan", "off"],
-                       env=env, log=gw_log)
-            procs.append(gw)
-            wait_http(f"http://127.0.0.1:{gw_port}/healthz")
-            if args.compare_metrics:
-                gw2_port = free_port()
-                gw2 = start([str(Path(PY).parent / "uvicorn"), "eneo_site.asgi:application", "--host", "127.0.0.1",
-                             "--port", str(gw2_port), "--no-access-log", "--log-level", "warning", "--lifespan",
-                             "off"], env={**env, "METRICS_ENABLED": "false"}, log=gw_log)
-                procs.append(gw2)
-                wait_http(f"http://127.0.0.1:{gw2_port}/healthz")
+
+            def gateway(port, **extra_env):
+                """Our gateway under uvicorn (one worker) on `port`, with these settings changed."""
+                proc = start([str(Path(PY).parent / "uvicorn"), "eneo_site.asgi:application", "--host", "127.0.0.1",
+                              "--port", str(port), "--no-access-log", "--log-level", "warning", "--lifespan", "off"],
+                             env={**env, **extra_env}, log=gw_log)
+                procs.append(proc)
+                wait_http(f"http://127.0.0.1:{port}/healthz")
+                return {"base": f"http://127.0.0.1:{port}", "model": "fast",
+                        "headers": {"Authorization": f"Bearer {api_key}"}, "pid": proc.pid}
+
             targets = {
                 "direct": {"base": upstream, "model": "gpt-4o-mini",
                            "headers": {"Authorization": "Bearer sk-bench-upstream-key-0001",
                                        "x-api-key": "sk-bench-upstream-key-0001", "anthropic-version": "2023-06-01"}},
-                "gateway": {"base": f"http://127.0.0.1:{gw_port}", "model": "fast",
-                            "headers": {"Authorization": f"Bearer {api_key}"}, "pid": gw.pid},
+                "gateway": gateway(gw_port),
             }
             if args.compare_metrics:
-                targets["gateway-nometrics"] = {"base": f"http://127.0.0.1:{gw2_port}", "model": "fast",
-                                                "headers": {"Authorization": f"Bearer {api_key}"}, "pid": gw2.pid}
+                targets["gateway-nometrics"] = gateway(free_port(), METRICS_ENABLED="false")
+            if args.compare_lane:
+                targets["gateway-litellm"] = gateway(free_port(), GATEWAY_LEAN_LANE="false")
             proxy_version = None
             proxy_bin = Path(args.proxy_venv) / "bin" / "litellm"
             if not args.skip_proxy and proxy_bin.exists():
@@ -294,7 +295,7 @@ def main():
                 stop(proc)
 
     print()
-    header = f"{'target':<15}{'mode':<11}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}" \
+    header = f"{'target':<18}{'mode':<11}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}" \
              f"{'errors':>8}{'CPU ms/req':>12}"
     print(header)
     for res in results:
@@ -302,7 +303,7 @@ def main():
         res["added_p50_ms"] = round(res["p50_ms"] - direct["p50_ms"], 2)
         res["added_p99_ms"] = round(res["p99_ms"] - direct["p99_ms"], 2)
         cpu = res["server_cpu_ms_per_request"]
-        print(f"{res['target']:<15}{'stream' if res['stream'] else 'non-stream':<11}{res['rps']:>9}"
+        print(f"{res['target']:<18}{'stream' if res['stream'] else 'non-stream':<11}{res['rps']:>9}"
               f"{res['p50_ms']:>9}{res['p99_ms']:>9}{res['added_p50_ms']:>9}{res['added_p99_ms']:>9}"
               f"{res['errors']:>8}{'' if cpu is None else cpu:>12}")
     out = ROOT / "bench" / "results"

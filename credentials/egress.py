@@ -234,6 +234,18 @@ class EgressTransport(httpx.AsyncBaseTransport):
         await self._open.aclose()
 
 
+def tenant_rule_applies() -> bool:
+    """Whether a connection opened now follows the tenant rule: the `egress_scope` in force (strict without one).
+    For clients of our own that pick their connection pool per call (the gateway's lean lane)."""
+    return _tenant_controlled.get()
+
+
+def check_literal_host(host: str) -> None:
+    """Raise EgressDenied if `host` is an IP literal the tenant rule refuses (clients that connect to literals
+    without resolving them, as aiohttp does, check them here; names are checked by PolicyResolver)."""
+    _check_literal(host)
+
+
 def _check_literal(host: str) -> None:
     """An IP-literal host is judged as it is (some clients never resolve, or check, a literal)."""
     literal = _literal(host)

@@ -260,6 +260,18 @@ async def metrics_endpoint(scope, receive, send):
     await _send_plain(send, 200, body, {"content-type": CONTENT_TYPE, "cache-control": "no-store"})
 
 
+def _closing_lean_sessions(send):
+    """The lifespan's `send`, closing the gateway's lean-lane HTTP sessions before shutdown completes."""
+    async def closing(message):
+        if message["type"] == "lifespan.shutdown.complete":
+            from providers.gateway.lean import close_sessions
+
+            await close_sessions()
+        await send(message)
+
+    return closing
+
+
 class Router:
     """/v1/ to the gateway lane, /mcp to the MCP server (which alone gets the lifespan events: its session manager
     runs for the server's life), /metrics to `metrics_endpoint`, everything else to Django."""
@@ -277,7 +289,7 @@ class Router:
             if path == METRICS_PATH:
                 return await metrics_endpoint(scope, receive, send)
         elif scope["type"] == "lifespan" and self.mcp is not None:
-            return await self.mcp.lifespan(scope, receive, send)
+            return await self.mcp.lifespan(scope, receive, _closing_lean_sessions(send))
         return await self.default(scope, receive, send)
 
 

@@ -309,6 +309,9 @@ API_KEY_PEPPER = env.str("API_KEY_PEPPER", default="")  # HMAC key for tenant AP
 
 # --- Gateway (/v1) -----------------------------------------------------------------------------------
 GATEWAY_TIMEOUT = env.float("GATEWAY_TIMEOUT", default=120.0)  # seconds for one upstream call
+# Chat and embeddings on OpenAI-wire providers (openai, azure, hosted_vllm, ...) with our own HTTP client instead of
+# LiteLLM (providers/gateway/lean.py); false: every call through LiteLLM
+GATEWAY_LEAN_LANE = env.bool("GATEWAY_LEAN_LANE", default=True)
 DEFAULT_PROVIDER_TYPE = env.str("DEFAULT_PROVIDER_TYPE", default="openai")  # for model names without a prefix
 # A change (revoked key, deleted tenant, disabled provider...) applies in every worker within this many seconds;
 # each worker checks the catalog version every half of it, in the background (providers/gateway/catalog.py).

@@ -20,6 +20,31 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: "system" in item.path.parent.parts[-1:])
 
 
+# Modules whose gateway tests run on both lanes of the gateway (GATEWAY_LEAN_LANE on and off): each of their tests
+# that uses the live gateway runs twice, [lean] and [litellm] (tests/test_lean_lane.py picks its lanes per test).
+LANE_MODULES = frozenset({"test_gateway", "test_openai_spec", "test_egress", "test_usage_ledger", "test_v1_endpoints",
+                          "test_breaker", "test_limits", "test_provider_settings"})
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.module.__name__.rsplit(".", 1)[-1] in LANE_MODULES and "gateway" in metafunc.fixturenames:
+        metafunc.parametrize("lane", ["lean", "litellm"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def lane(request):
+    """The gateway lane a test runs on (LANE_MODULES: both, one after the other); None: the configured default.
+    The setting is read per call, so nothing needs invalidating."""
+    mode = getattr(request, "param", None)
+    if mode is None:
+        yield None
+        return
+    from django.test import override_settings
+
+    with override_settings(GATEWAY_LEAN_LANE=mode == "lean"):
+        yield mode
+
+
 @pytest.fixture(autouse=True)
 def _no_global_keys(monkeypatch):
     """Global provider keys from the developer's environment must not leak into tests."""

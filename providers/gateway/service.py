@@ -2,7 +2,8 @@
 
 request -> tenant (from the API key) -> requested model (alias, model id, or <prefix>/<model id>) -> usable
 candidate models (healthy first) -> budget, rate limit -> credential (credential resolution; tenant keys
-never fall back to anyone else's) -> litellm.acompletion / aembedding -> usage record.
+never fall back to anyone else's) -> litellm.acompletion / aembedding, or for OpenAI-wire providers the lean lane
+(providers.gateway.lean: our own HTTP client, same pipeline around it) -> usage record.
 
 On a provider failure that is not the caller's fault (429, 5xx, timeout, connection, rejected credential,
 missing credential), the next model of the same alias is tried. Errors carry OpenAI's JSON shape and never
@@ -39,7 +40,7 @@ from providers.gateway.catalog import Snapshot, qualified_name, split_prefix
 from providers.choices import ModelType
 from tenants.request_id import current_request_id
 
-from providers.gateway import shapes
+from providers.gateway import lean, shapes
 from providers.gateway.request_schema import NOT_FORWARDED, REQUEST_ONLY, RequestInvalid, validate_request
 from providers.gateway.shapes import public_name
 from providers.models import AIModel
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from providers.gateway.core import Gateway
 
 log = logging.getLogger("eneo.gateway")
+LEAN = "lean"  # _call_params: the lean lane's target instead of LiteLLM's arguments
 
 
 class GatewayError(Exception):
@@ -127,9 +129,13 @@ def _credential(caller: Caller, model: AIModel):
     )
 
 
-def _call_params(model: AIModel, cred) -> dict:
-    """LiteLLM arguments for this model: name, endpoint and key (from the credential only), timeouts. (The model's
-    stored call settings go under these, in `serve`.)"""
+def _call_params(model: AIModel, cred, op: Operation | None = None) -> dict:
+    """LiteLLM arguments for this model: name, endpoint and key (from the credential only), timeouts; or, when `op`
+    has a lean lane and it takes this call (providers.gateway.lean), only {LEAN: its target}."""
+    if op is not None and op.lean is not None:
+        target = lean.target(model.provider.provider_type, cred, model.model_id)
+        if target is not None:
+            return {LEAN: target}
     from providers.llm import call_kwargs
 
     return {**call_kwargs(model.provider.provider_type, cred, qualified_name(model)),
@@ -273,10 +279,11 @@ def _breaker_key(caller: Caller, model: AIModel, cred) -> tuple:
     return (model.provider_id, caller.tenant.pk if cred.source == "tenant" else None)
 
 
-async def _attempts(caller: Caller, candidates: list[AIModel], call, *, hold: bool = False):
-    """Try candidates in order; `call(model, params)` does the upstream call. Returns (model, result, lease): the
-    provider's concurrency slot is released when this returns, raises or is cancelled, unless `hold` (a stream):
-    then the caller owns the lease and releases it when the stream ends."""
+async def _attempts(caller: Caller, candidates: list[AIModel], call, *, hold: bool = False,
+                    op: Operation | None = None):
+    """Try candidates in order; `call(model, params)` does the upstream call (params: `_call_params` for `op`).
+    Returns (model, result, lease): the provider's concurrency slot is released when this returns, raises or is
+    cancelled, unless `hold` (a stream): then the caller owns the lease and releases it when the stream ends."""
     first_error: GatewayError | None = None
     for model in candidates:
         try:
@@ -300,7 +307,7 @@ async def _attempts(caller: Caller, candidates: list[AIModel], call, *, hold: bo
         if cred.source == "provider_key" and (key := caller.snapshot.provider_keys.get(model.provider_id)):
             caller.gateway.usage.provider_key_used(key.pk)  # the key credential resolution took (last_used_at)
         try:
-            params = _call_params(model, cred)
+            params = _call_params(model, cred, op)
             with secret_scope(cred.api_key), egress_scope(tenant_controlled=cred.tenant_controlled):
                 try:
                     result = await call(model, params)
@@ -406,6 +413,7 @@ class Operation:
     params_checked: str | None = None  # LiteLLM's request type whose supported parameters are enforced
     check: Callable[[dict], None] | None = None  # raises GatewayError for a request the endpoint cannot honour
     model_settings: bool = False  # the model's stored call settings apply
+    lean: Callable[[dict, lean.Target], Awaitable] | None = None  # the lean lane's invoke, where it has one
 
 
 def _supported(model: AIModel, request_type: str) -> frozenset | None:
@@ -484,9 +492,9 @@ async def serve(caller: Caller, op: Operation, body: dict, raw: bytes | None = N
         sent = call_body
         if model.drop_unsupported_params and (unsupported := _unsupported(op, model, call_body)):
             sent = {k: v for k, v in call_body.items() if k not in unsupported}
-        if op.model_settings:
-            params = {**model_settings(model), **params}
-        response = await op.invoke(sent, params)
+        if op.model_settings and (defaults := model_settings(model)):
+            sent = {**defaults, **sent}  # the model's defaults; what the caller sent wins
+        response = await (op.lean(sent, params[LEAN]) if LEAN in params else op.invoke(sent, params))
         if not stream:
             return response
         iterator = response.__aiter__()
@@ -496,7 +504,7 @@ async def serve(caller: Caller, op: Operation, body: dict, raw: bytes | None = N
     if not stream:
         return await _even_if_closed(ledger, _complete(ledger, op, candidates, call))
     try:
-        model, result, lease = await _attempts(caller, candidates, call, hold=True)
+        model, result, lease = await _attempts(caller, candidates, call, hold=True, op=op)
     except GatewayError as error:
         ledger.failed(error)
         raise
@@ -515,7 +523,7 @@ async def _complete(ledger: _Ledger, op: Operation, candidates: list[AIModel], c
     """A non-streamed answer: the upstream call, then its record, then the answer in the API's shape."""
     caller = ledger.caller
     try:
-        model, response, _ = await _attempts(caller, candidates, call)
+        model, response, _ = await _attempts(caller, candidates, call, op=op)
     except GatewayError as error:
         ledger.failed(error)
         raise
@@ -668,7 +676,7 @@ def _rerank_usage(data: dict) -> dict:
 
 
 CHAT = Operation("chat.completions", ModelType.INFERENCE, _chat, shapes.chat_completion, stream=ChatStream,
-                 required="messages", params_checked="chat_completion", model_settings=True)
+                 required="messages", params_checked="chat_completion", model_settings=True, lean=lean.chat)
 def _text_prompt(body: dict):
     """Prompts as text: LiteLLM cannot pass token ids on (it fails inside its chat bridge), so they are refused."""
     prompt = body.get("prompt")
@@ -684,7 +692,7 @@ COMPLETIONS = Operation("completions", ModelType.INFERENCE, _text_completion, sh
                                              " ".join(p for p in body["prompt"] if isinstance(p, str))))
 # (LiteLLM's lists of embedding parameters are not reliable: OpenAI's is its chat list; they are not enforced.)
 EMBEDDINGS = Operation("embeddings", ModelType.EMBEDDING, _embedding, shapes.embedding_list, required="input",
-                       model_settings=True)
+                       model_settings=True, lean=lean.embedding)
 RERANK = Operation("rerank", ModelType.RERANK, _rerank, shapes.rerank, usage=_rerank_usage, required="documents")
 
 
