@@ -14,7 +14,7 @@ from ninja.pagination import paginate
 from .actors import Actor
 from .auth import tenant_key_auth
 from .pagination import Pagination
-from .schemas import ErrorOut, NoNulIn
+from .schemas import ErrorOut, NoNulIn, UtcDatetime
 from .scopes import Scope
 from .selectors import audit_list, tenant_get
 
@@ -30,8 +30,8 @@ class AuditFilters(FilterSchema, NoNulIn):
     target_type: Optional[str] = Field(None, max_length=100, description="e.g. credentials.tenantcredential.")
     target_id: Optional[str] = Field(None, max_length=100)
     source: Optional[str] = Field(None, max_length=20, description="admin, api, command, task or system.")
-    since: Optional[datetime] = None
-    until: Optional[datetime] = None
+    since: Optional[UtcDatetime] = Field(None, description="From this time (inclusive, ISO 8601).")
+    until: Optional[UtcDatetime] = Field(None, description="Up to this time (exclusive).")
 
 
 class AuditEventOut(Schema):

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Annotated, Optional, Union
 from uuid import UUID
 
 from django.utils import timezone
 from ninja import Field, Schema
-from pydantic import AwareDatetime, ConfigDict, StringConstraints, field_validator
+from pydantic import AfterValidator, AwareDatetime, ConfigDict, StringConstraints, field_validator
 
 def has_nul(value) -> bool:
     """Whether a NUL character is in a string anywhere in `value` (dict keys and nested values included).
@@ -37,6 +38,19 @@ class NoNulIn(Schema):
         return value
 
 
+def as_utc(value: Optional[datetime]) -> Optional[datetime]:
+    """Any offset ISO 8601 allows (up to +-23:59; PostgreSQL takes +-15:59) as the same instant in UTC; naive = UTC."""
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=dt_timezone.utc) if value.tzinfo is None else value.astimezone(dt_timezone.utc)
+    except OverflowError:
+        raise ValueError("Out of range once converted to UTC.") from None
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
+
+
 ScopeName = Annotated[str, StringConstraints(pattern=r"^(\*|[A-Za-z][A-Za-z0-9]*:[A-Za-z][A-Za-z0-9]*)$",
                                              max_length=100)]
 
@@ -48,7 +62,8 @@ class ApiKeyIn(Schema):
                       description="What the key is for, e.g. 'intranet chatbot'.")
     scopes: list[ScopeName] = Field(default_factory=list, max_length=100,
                                     description="e.g. aiProviders:ListAiProviders; '*' grants every scope.")
-    expires_at: Optional[AwareDatetime] = Field(None, description="With a time zone; null = never expires.")
+    expires_at: Optional[Annotated[AwareDatetime, AfterValidator(as_utc)]] = Field(
+        None, description="With a time zone; null = never expires.")
 
     @field_validator("expires_at")
     @classmethod
