@@ -325,6 +325,13 @@ MCP_ALLOWED_ORIGINS = env.list("MCP_ALLOWED_ORIGINS", default=[])
 GATEWAY_MAX_MESSAGES = env.int("GATEWAY_MAX_MESSAGES", default=4096)  # messages in one chat request
 GATEWAY_PARSE_IN_THREAD_BYTES = env.int("GATEWAY_PARSE_IN_THREAD_BYTES", default=262144)  # larger bodies: off-loop
 USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=0.5)  # usage records are batched this long
+# Raw usage records are kept this many days (0 = for ever); hourly roll-ups are kept for ever. Deleted by the beat
+# task providers.tasks.usage_retention_run (hourly), in batches of USAGE_RETENTION_BATCH ids, each its own transaction,
+# USAGE_RETENTION_PAUSE seconds apart, at most USAGE_RETENTION_MAX_SECONDS per run (providers/rollups.py).
+USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=90)
+USAGE_RETENTION_BATCH = env.int("USAGE_RETENTION_BATCH", default=5000)
+USAGE_RETENTION_PAUSE = env.float("USAGE_RETENTION_PAUSE", default=0.05)
+USAGE_RETENTION_MAX_SECONDS = env.float("USAGE_RETENTION_MAX_SECONDS", default=1800.0)
 GATEWAY_GC_THRESHOLD = env.int("GATEWAY_GC_THRESHOLD", default=20000)  # gen-0 GC threshold in the server; 0 = default
 GATEWAY_BREAKER_FAILURES = env.int("GATEWAY_BREAKER_FAILURES", default=5)  # consecutive failures; 0 = off
 GATEWAY_BREAKER_SECONDS = env.float("GATEWAY_BREAKER_SECONDS", default=30.0)  # pause before one trial call

@@ -237,15 +237,77 @@ class UsageRecord(models.Model):
         help_text="The provider reported no usage: tokens were counted with LiteLLM's token counter.")
     request_id = models.CharField(max_length=64, blank=True, default="", db_default="", db_index=True,
                                   help_text="The call's X-Request-Id (the caller's, or the one the gateway gave it).")
-    created_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField()
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # (created_at, id): the list newest first and its keyset pages, and retention (oldest first);
+        # (tenant, created_at, id): the same for one tenant.
         indexes = [
-            models.Index(fields=["tenant", "-created_at"]),
+            models.Index(fields=["created_at", "id"], name="usage_created_id"),
+            models.Index(fields=["tenant", "created_at", "id"], name="usage_tenant_created_id"),
             models.Index(fields=["model", "-created_at"]),
             models.Index(fields=["api_key", "-created_at"]),
         ]
 
     def __str__(self):
         return f"{self.requested_model} for {self.tenant_id} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+LATENCY_BUCKETS_MS = (25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 60000)
+"""Upper bounds (inclusive) of UsageHourly's latency histogram: lat_00 counts calls up to 25 ms, lat_01 those over 25
+and up to 50 ms, ..., lat_15 those over 60 s."""
+LATENCY_FIELDS = tuple(f"lat_{i:02d}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
+
+
+class UsageHourly(models.Model):
+    """Usage per hour (UTC), tenant, API key, provider, model, requested model, endpoint, streamed and status: the
+    roll-up that summaries, budgets and the dashboard read (providers/rollups.py). Written by the usage writer in the
+    transaction that inserts the raw records, so the two never disagree; kept when raw records expire.
+
+    The key, provider and model are plain ids (0 = none) so the unique key holds on every database (NULLs are never
+    equal) and a deleted key, provider or model leaves the hours it was used in as they were."""
+
+    hour = models.DateTimeField(help_text="Start of the hour (UTC).")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    api_key_id = models.BigIntegerField(default=0)
+    provider_id = models.BigIntegerField(default=0)
+    model_id = models.BigIntegerField(default=0)
+    requested_model = models.CharField(max_length=200)
+    endpoint = models.CharField(max_length=30)
+    streamed = models.BooleanField(default=False)
+    status = models.CharField(max_length=20)
+    calls = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0, help_text="Calls with status error (upstream errors).")
+    tokens_in = models.BigIntegerField(default=0)
+    tokens_out = models.BigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=20, decimal_places=8, default=0)
+    latency_ms_sum = models.BigIntegerField(default=0)
+    latency_ms_min = models.BigIntegerField(default=0)
+    latency_ms_max = models.BigIntegerField(default=0)
+    lat_00 = models.IntegerField(default=0)
+    lat_01 = models.IntegerField(default=0)
+    lat_02 = models.IntegerField(default=0)
+    lat_03 = models.IntegerField(default=0)
+    lat_04 = models.IntegerField(default=0)
+    lat_05 = models.IntegerField(default=0)
+    lat_06 = models.IntegerField(default=0)
+    lat_07 = models.IntegerField(default=0)
+    lat_08 = models.IntegerField(default=0)
+    lat_09 = models.IntegerField(default=0)
+    lat_10 = models.IntegerField(default=0)
+    lat_11 = models.IntegerField(default=0)
+    lat_12 = models.IntegerField(default=0)
+    lat_13 = models.IntegerField(default=0)
+    lat_14 = models.IntegerField(default=0)
+    lat_15 = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(
+            fields=["hour", "tenant", "api_key_id", "provider_id", "model_id", "requested_model", "endpoint",
+                    "streamed", "status"], name="usage_hourly_key")]
+        # (tenant, hour): one tenant's summaries and month spend; (hour): the dashboard and the all-tenant list.
+        indexes = [models.Index(fields=["tenant", "hour"], name="usage_hourly_tenant_hour")]
+
+    def __str__(self):
+        return f"{self.requested_model} for {self.tenant_id} at {self.hour:%Y-%m-%d %H:00}"

@@ -18,7 +18,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from guardian.shortcuts import get_objects_for_user
 
-from tenants.models import Tenant, TenantMembership
+from tenants.models import Tenant, TenantApiKey, TenantMembership
 
 from providers.choices import ModelStatus, ProviderStatus
 from providers.models import AIModel, Provider, ProviderKey, TenantModelEnablement
@@ -316,14 +316,7 @@ def usage_list(*, principal: Principal, tenant_id=None, since=None, until=None, 
     """Usage records the principal may read: a tenant key its own tenant's, a sysadmin any (or one tenant's)."""
     from providers.models import UsageRecord
 
-    qs = UsageRecord.objects.select_related("model", "provider", "api_key")
-    if principal.is_sysadmin:
-        if tenant_id is not None:
-            qs = qs.filter(tenant_id=tenant_id)
-    elif principal.user is None:
-        qs = qs.filter(tenant=principal.tenant)
-    else:
-        qs = qs.filter(tenant__in=_member_tenants(principal.user, admin_only=True))
+    qs = _usage_scope(UsageRecord.objects.select_related("model", "provider", "api_key"), principal, tenant_id)
     if since is not None:
         qs = qs.filter(created_at__gte=since)
     if until is not None:
@@ -339,6 +332,108 @@ def usage_list(*, principal: Principal, tenant_id=None, since=None, until=None, 
     if api_key_prefix:
         qs = qs.filter(api_key__prefix=api_key_prefix)
     return qs.order_by("-created_at", "-id")
+
+
+def _usage_scope(qs, principal: Principal, tenant_id=None):
+    """The usage rows (raw or hourly) the principal may read: a tenant key its own tenant's, a sysadmin any (or one
+    tenant's), a user those of the tenants they administer."""
+    if principal.is_sysadmin:
+        return qs.filter(tenant_id=tenant_id) if tenant_id is not None else qs
+    if principal.user is None:
+        return qs.filter(tenant=principal.tenant)
+    return qs.filter(tenant__in=_member_tenants(principal.user, admin_only=True))
+
+
+def usage_hourly_list(*, principal: Principal, tenant_id=None, since=None, until=None, model: str | None = None,
+                      provider_id: str | None = None, status: str | None = None, streamed: bool | None = None,
+                      api_key_prefix: str | None = None):
+    """The hourly roll-ups (providers/rollups.py) the principal may read, with usage_list's filters; `since` and
+    `until` are taken as hours (callers pass whole hours: usage_totals_by_model splits the rest off)."""
+    from providers.models import UsageHourly
+
+    qs = _usage_scope(UsageHourly.objects.all(), principal, tenant_id)
+    if since is not None:
+        qs = qs.filter(hour__gte=since)
+    if until is not None:
+        qs = qs.filter(hour__lt=until)
+    if model:  # the same three names as usage_list (a deleted model's hours match by requested name only)
+        qs = qs.filter(Q(requested_model=model) | Q(model_id__in=AIModel.objects.filter(
+            Q(model_id=model) | Q(alias=model)).values("pk")))
+    if provider_id:
+        qs = qs.filter(provider_id__in=Provider.objects.filter(public_id=provider_id).values("pk"))
+    if status:
+        qs = qs.filter(status=status)
+    if streamed is not None:
+        qs = qs.filter(streamed=streamed)
+    if api_key_prefix:
+        qs = qs.filter(api_key_id__in=TenantApiKey.objects.filter(prefix=api_key_prefix).values("pk"))
+    return qs
+
+
+def usage_filter_choices(*, principal: Principal, field: str) -> list[tuple]:
+    """(pk, name) choices for filtering usage by tenant, provider or model: those the principal may see (the admin
+    usage list's filters; no DISTINCT over the records)."""
+    if field == "tenant":
+        tenants = Tenant.objects.all() if principal.is_sysadmin else (
+            Tenant.objects.filter(pk=principal.tenant.pk) if principal.user is None
+            else Tenant.objects.filter(pk__in=_member_tenants(principal.user, admin_only=True)))
+        return list(tenants.order_by("name").values_list("pk", "name"))
+    if field == "provider":
+        providers = Provider.objects.all() if principal.is_sysadmin else provider_list(principal=principal)
+        return list(providers.order_by("name", "pk").values_list("pk", "name"))
+    models = AIModel.objects.all() if principal.is_sysadmin else model_list(principal=principal)
+    return [(m.pk, str(m)) for m in models.order_by("provider__name", "model_id", "pk")]
+
+
+def usage_totals_by_model(*, principal: Principal, since=None, until=None, **filters) -> list[dict]:
+    """Totals per requested model (calls, errors, tokens, cost, mean latency) of the usage matching usage_list's
+    filters: the whole hours from the roll-ups, the minutes before the first and after the last whole hour (a range
+    that does not start or end on an hour) from the raw records. The same numbers as usage_summary over usage_list
+    as long as those edges are younger than USAGE_RETENTION_DAYS."""
+    from decimal import Decimal
+
+    from django.db.models import Sum
+
+    from providers.rollups import ceil_hour, floor_hour
+
+    first = ceil_hour(since) if since is not None else None
+    last = floor_hour(until) if until is not None else None
+    parts = []  # (rows, raw?)
+    if first is not None and last is not None and first >= last:  # within one hour: raw records only
+        parts.append(usage_list(principal=principal, since=since, until=until, **filters))
+    else:
+        hourly = usage_hourly_list(principal=principal, since=first, until=last, **filters)
+        parts.append(hourly.order_by().values("requested_model").annotate(
+            n=Sum("calls"), e=Sum("errors"), ti=Sum("tokens_in"), to=Sum("tokens_out"), c=Sum("cost"),
+            lat=Sum("latency_ms_sum")))
+        if first is not None and first > since:
+            parts.append(usage_list(principal=principal, since=since, until=first, **filters))
+        if last is not None and until > last:
+            parts.append(usage_list(principal=principal, since=last, until=until, **filters))
+    totals: dict[str, dict] = {}
+    for part in parts:
+        if part.model._meta.model_name == "usagerecord":
+            part = part.order_by().values("requested_model").annotate(
+                n=Count("id"), e=Count("id", filter=Q(status="error")), ti=Sum("tokens_in"), to=Sum("tokens_out"),
+                c=Sum("cost"), lat=Sum("latency_ms"))
+        for row in part:
+            acc = totals.setdefault(row["requested_model"], {"calls": 0, "errors": 0, "tokens_in": 0, "tokens_out": 0,
+                                                             "cost": Decimal(0), "latency": 0})
+            acc["calls"] += row["n"] or 0
+            acc["errors"] += row["e"] or 0
+            acc["tokens_in"] += row["ti"] or 0
+            acc["tokens_out"] += row["to"] or 0
+            acc["cost"] += Decimal(row["c"] or 0)
+            acc["latency"] += row["lat"] or 0
+    rows = []
+    for name in sorted(totals):
+        acc = totals[name]
+        if not acc["calls"]:
+            continue
+        latency = acc.pop("latency")
+        rows.append({"requested_model": name, **acc, "cost": acc["cost"].quantize(Decimal("0.00000001")),
+                     "mean_latency_ms": round(latency / acc["calls"], 1)})
+    return rows
 
 
 def usage_summary(qs) -> list[dict]:
@@ -383,22 +478,22 @@ def tenant_model_list(*, tenant: Tenant) -> QuerySet[AIModel]:
 
 def tenant_usage_month(*, tenant: Tenant, now=None) -> dict:
     """This month's (UTC) calls, errors, tokens and cost of the tenant, with its budget, spent and remaining
-    (one query; the same month and sum as the budget check, providers.gateway.usage)."""
+    (one query over the hourly roll-ups; the same month and sum as the budget check, providers.gateway.usage)."""
     from decimal import Decimal
 
     from django.db.models import Sum
 
     from providers.gateway.usage import MONEY, month_start
-    from providers.models import UsageRecord
+    from providers.models import UsageHourly
 
     since = month_start(now)
-    totals = UsageRecord.objects.filter(tenant=tenant, created_at__gte=since).aggregate(
-        calls=Count("id"), errors=Count("id", filter=Q(status="error")), tokens_in=Sum("tokens_in"),
-        tokens_out=Sum("tokens_out"), cost=Sum("cost"))
+    totals = UsageHourly.objects.filter(tenant=tenant, hour__gte=since).aggregate(
+        calls=Sum("calls"), errors=Sum("errors"), tokens_in=Sum("tokens_in"), tokens_out=Sum("tokens_out"),
+        cost=Sum("cost"))
     spent = Decimal(totals["cost"] or 0).quantize(MONEY)
     budget = tenant.monthly_budget
     return {
-        "since": since, "calls": totals["calls"], "errors": totals["errors"],
+        "since": since, "calls": totals["calls"] or 0, "errors": totals["errors"] or 0,
         "tokens_in": totals["tokens_in"] or 0, "tokens_out": totals["tokens_out"] or 0, "spent": spent,
         "budget": budget, "remaining": None if budget is None else max(budget - spent, Decimal(0)),
         "percent": None if not budget else round(float(spent / budget * 100), 1),

@@ -68,3 +68,12 @@ def discovery_run_all():
 def check_expire_stale():
     """Scheduled (beat, every minute): checks still queued or running after CHECK_STALE_SECONDS are marked failed."""
     return check_expire_stale_service()
+
+
+@shared_task(ignore_result=True)
+def usage_retention_run():
+    """Scheduled (beat, hourly at :17): raw usage records older than USAGE_RETENTION_DAYS deleted in small batches
+    (the hourly roll-ups stay)."""
+    from providers.rollups import usage_retention_run as usage_retention_run_service
+
+    return usage_retention_run_service()

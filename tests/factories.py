@@ -49,3 +49,14 @@ def make_user(django_user_model, username, *, tenant=None, role="member", **extr
 
         TenantMembership.objects.create(user=user, tenant=tenant, role=role)
     return user
+
+
+def usage_record_create(**fields):
+    """A UsageRecord written straight to the table (not through the gateway's writer), with its hour's roll-ups
+    rebuilt as the writer would have kept them."""
+    from providers.models import UsageRecord
+    from providers.rollups import rollups_rebuild
+
+    row = UsageRecord.objects.create(**fields)
+    rollups_rebuild(since=row.created_at, until=row.created_at)
+    return row

@@ -13,14 +13,14 @@ from django.utils import timezone
 from credentials.models import TenantCredential
 from credentials.services import credential_set
 from providers import services
-from providers.models import AIModel, Provider, TenantModelEnablement, UsageRecord
+from providers.models import AIModel, Provider, TenantModelEnablement
 from tenants.actors import SYSTEM
 from tenants.admin import CREATED_KEYS_SESSION
 from tenants.api_keys import api_key_create
 from tenants.models import AuditEvent, TenantApiKey
 
 from .conftest import CANARY, openai_client
-from .factories import make_model, make_provider, make_user
+from .factories import make_model, make_provider, make_user, usage_record_create
 
 WIZARD = "/admin/providers/provider/add/"
 KEYS = "/admin/tenants/tenantapikey/"
@@ -129,7 +129,7 @@ def tenant_with_everything(tenant, django_user_model, n=1):
         services.model_set_tenant_enabled(actor=SYSTEM, model=make_model(shared, model_id=f"shared-{i}"),
                                           tenant=tenant, enabled=True)
         make_model(make_provider(tenant=tenant, name=f"Own {tenant.slug} {i}"), model_id=f"own-{i}")
-        UsageRecord.objects.create(tenant=tenant, requested_model=f"own-{i}", endpoint="chat.completions",
+        usage_record_create(tenant=tenant, requested_model=f"own-{i}", endpoint="chat.completions",
                                    tokens_in=10, tokens_out=20, cost=Decimal("0.25"), status="ok",
                                    latency_ms=5, created_at=timezone.now())
     for i, ptype in enumerate(["openai", "anthropic", "groq"][:n]):
@@ -141,7 +141,7 @@ def test_tenant_page_shows_members_credentials_keys_models_budget_and_usage(admi
     tenant.monthly_budget = Decimal("10.00")
     tenant.save()
     tenant_with_everything(tenant, django_user_model)
-    UsageRecord.objects.create(tenant=tenant, requested_model="own-0", endpoint="chat.completions", cost=Decimal(1),
+    usage_record_create(tenant=tenant, requested_model="own-0", endpoint="chat.completions", cost=Decimal(1),
                                status="ok", latency_ms=5, created_at=timezone.now().replace(year=2000))  # not this month
     key = TenantApiKey.objects.get(tenant=tenant)
     page = admin_client.get(tenant_page(tenant)).content.decode()

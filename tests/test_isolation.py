@@ -46,7 +46,7 @@ from tenants.api_keys import api_key_create
 from tenants.models import AuditEvent, Tenant, TenantApiKey, TenantMembership
 from tenants.services import audit_record, tenant_create
 
-from .factories import make_model, make_provider, make_user
+from .factories import make_model, make_provider, make_user, usage_record_create
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -135,9 +135,9 @@ def build_side(tenant: Tenant, marker: str, upstream_url: str, tag: str, *, cred
 
 
 def make_usage(tenant, api_key, model, requested: str) -> UsageRecord:
-    return UsageRecord.objects.create(tenant=tenant, api_key=api_key, provider=model.provider, model=model,
-                                      requested_model=requested, endpoint="chat.completions", tokens_in=3,
-                                      tokens_out=5, latency_ms=40, status="ok", created_at=timezone.now())
+    return usage_record_create(tenant=tenant, api_key=api_key, provider=model.provider, model=model,
+                               requested_model=requested, endpoint="chat.completions", tokens_in=3,
+                               tokens_out=5, latency_ms=40, status="ok", created_at=timezone.now())
 
 
 @dataclass
@@ -233,7 +233,7 @@ QUERY_PARAMS: dict[str, str | None] = {
     "q": "provider_name", "target_id": "provider_pk",
     "limit": None, "offset": None, "force": None, "provider_type": None, "status": None, "health_status": None,
     "since": None, "until": None, "streamed": None, "action": None, "actor": None, "target_type": None,
-    "source": None, "is_active": None,
+    "source": None, "is_active": None, "cursor": None,
 }
 
 # "METHOD /path" -> bodies built from a Side. Operations with path parameters get a minimal valid body (the

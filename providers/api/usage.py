@@ -3,6 +3,9 @@
 A tenant API key with the scope usage:ReadUsage reads its own tenant's usage; the super key reads every
 tenant's (optionally one, with tenant_id). Records never hold a key or a prompt. The summary also tells the
 tenant's monthly budget, its spend this month and what remains (for the super key: of the tenant in tenant_id).
+
+The list pages newest first by keyset (`cursor`, answered with `next_cursor`) or, as before, by limit/offset with a
+`count`. The summary reads the hourly roll-ups (providers/rollups.py), so it covers records retention has deleted.
 """
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -14,7 +17,7 @@ from pydantic import field_validator
 from ninja.pagination import paginate
 
 from tenants.auth import tenant_key_auth
-from tenants.pagination import Pagination
+from tenants.pagination import KeysetPagination
 from tenants.schemas import ErrorOut, NoNulIn
 
 from providers import selectors
@@ -120,9 +123,10 @@ def _budget(caller, tenant_id) -> dict:
 
 
 @router.get("", response={200: list[UsageOut], 401: ErrorOut, 403: ErrorOut, 422: ErrorOut})
-@paginate(Pagination)
+@paginate(KeysetPagination)
 def list_usage(request, filters: Query[UsageFilters]):
-    """Usage records, newest first, with filters."""
+    """Usage records, newest first, with filters. Page with `cursor` (the previous page's `next_cursor`: stable
+    while records are written, no COUNT) or with `offset` (counted: `count`)."""
     return _records(request, filters)
 
 
@@ -139,5 +143,5 @@ def summary_for(caller, filters: UsageFilters) -> dict:
     data = filters.model_dump()
     if not caller.principal.is_sysadmin:
         data["tenant_id"] = None
-    records = selectors.usage_list(principal=caller.principal, **data)
-    return {**_budget(caller, filters.tenant_id), "models": selectors.usage_summary(records)}
+    return {**_budget(caller, filters.tenant_id),
+            "models": selectors.usage_totals_by_model(principal=caller.principal, **data)}

@@ -9,9 +9,10 @@ not allowed, no usable credential, provider paused, rate limit, budget). When th
 record is marked `tokens_estimated`.
 
 A writer task per event loop flushes every USAGE_FLUSH_SECONDS (or 500 records). If the process dies, at
-most that window of records is lost; a database error is logged and the batch retried once. Each flush also
-writes the last_used_at of the tenant API keys and provider keys used since the last one (one UPDATE per tenant
-key, one for all provider keys; never a write per call).
+most that window of records is lost; a database error is logged and the batch retried once. Each batch also adds
+itself to the hourly roll-ups (providers/rollups.py) in the same transaction: both are written, or neither. Each
+flush also writes the last_used_at of the tenant API keys and provider keys used since the last one (one UPDATE per
+tenant key, one for all provider keys; never a write per call).
 
 Cost of a record (`cost_of`): the cost the provider reported (LiteLLM's `usage.cost`, see `reported_cost`), else
 the model's prices, else LiteLLM's price list for the model (looked up once per model, `list_prices`), else 0.
@@ -23,7 +24,7 @@ Month spend, for budgets (`month_spend`, asked only for tenants with a monthly_b
   it (one script call: the process's own costs not yet sent are added in the same call), so a worker sees what
   the others spent at once. An absent counter (first budgeted call of the month, Redis restarted) or one seeded
   before the tenant last changed (its budget removed and set again: costs in between were not counted) is seeded
-  from the database (the month's records) and expires a day after the month. Bound: costs recorded anywhere but
+  from the database (the month's hourly roll-ups) and expires a day after the month. Bound: costs recorded anywhere but
   not yet written to the database (USAGE_FLUSH_SECONDS) at the moment a counter is seeded are missed. Redis
   unreachable: the process counts in process (below) and, when Redis is back, seeds again the counters whose
   increments it could not send.
@@ -48,7 +49,8 @@ from django.utils import timezone
 
 from tenants.models import TenantApiKey
 
-from providers.models import ProviderKey, UsageRecord
+from providers.models import ProviderKey, UsageHourly, UsageRecord
+from providers.rollups import rollups_add
 
 log = logging.getLogger("eneo.gateway.usage")
 
@@ -334,7 +336,7 @@ def _drop_dangling(batch: list[tuple]) -> list[tuple]:
 
 
 def _write(batch: list[tuple], keys: dict, provider_keys=(), *, check_references: bool = False):
-    """One executemany per batch (cheaper than building a model instance per call)."""
+    """One executemany per batch (cheaper than building a model instance per call), and one upsert per roll-up key."""
     close_old_connections()
     if check_references:
         batch = _drop_dangling(batch)
@@ -346,6 +348,7 @@ def _write(batch: list[tuple], keys: dict, provider_keys=(), *, check_references
             cursor.executemany(
                 f"INSERT INTO {connection.ops.quote_name(table)} ({', '.join(map(connection.ops.quote_name, USAGE_COLUMNS))}) "
                 f"VALUES ({', '.join(['%s'] * len(USAGE_COLUMNS))})", rows)
+            rollups_add(cursor, batch)  # the hourly roll-ups, in the same transaction (providers/rollups.py)
     for key_id, used_at in keys.items():
         TenantApiKey.objects.filter(pk=key_id).update(last_used_at=used_at)
     if provider_keys:  # one UPDATE for every provider key used since the last flush (the flush's time)
@@ -353,8 +356,9 @@ def _write(batch: list[tuple], keys: dict, provider_keys=(), *, check_references
 
 
 def month_spent(tenant_id, since=None) -> Decimal:
-    """The month's spend (UTC) as written to the ledger so far (records reach it within USAGE_FLUSH_SECONDS)."""
-    total = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=since or month_start()
+    """The month's spend (UTC) as written to the ledger so far (records reach it within USAGE_FLUSH_SECONDS): from
+    the hourly roll-ups (a month starts on an hour), which retention never deletes."""
+    total = UsageHourly.objects.filter(tenant_id=tenant_id, hour__gte=since or month_start()
                                        ).aggregate(s=Sum("cost"))["s"]
     return (total or ZERO).quantize(MONEY)
 
