@@ -179,7 +179,9 @@ def test_index_for_a_tenant_admin_lists_only_what_they_may_see(django_user_model
 # --- the usage list ---------------------------------------------------------------------------------------------
 
 def test_usage_charts_and_breakdown_follow_the_filters(admin_client, world, tenant, other_tenant):
-    response = admin_client.get(USAGE)
+    assert admin_client.get(USAGE).context["totals"]["calls"] == 3  # without a date range: the last 24 hours
+    since = (timezone.now() - timedelta(days=5)).strftime("%Y-%m-%d")
+    response = admin_client.get(USAGE, {"created_at__gte": since})
     assert response.context["totals"]["calls"] == 4
     assert sum(row[1] for row in response.context["charts"][0].rows) == 4  # daily: records span 3 days
     page = response.content.decode()
@@ -199,7 +201,7 @@ def test_usage_charts_and_breakdown_follow_the_filters(admin_client, world, tena
 
     response = admin_client.get(USAGE, {"status__exact": "error"})
     assert response.context["totals"]["calls"] == 1
-    response = admin_client.get(USAGE, {"model__id__exact": world["other_model"].pk})
+    response = admin_client.get(USAGE, {"model__id__exact": world["other_model"].pk, "created_at__gte": since})
     assert response.context["breakdowns"][0]["rows"][0]["name"] == "Other Region"
 
 

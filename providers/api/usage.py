@@ -7,18 +7,17 @@ tenant's monthly budget, its spend this month and what remains (for the super ke
 The list pages newest first by keyset (`cursor`, answered with `next_cursor`) or, as before, by limit/offset with a
 `count`. The summary reads the hourly roll-ups (providers/rollups.py), so it covers records retention has deleted.
 """
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Optional
 from uuid import UUID
 
 from ninja import Field, FilterSchema, Query, Router, Schema
-from pydantic import field_validator
 from ninja.pagination import paginate
 
 from tenants.auth import tenant_key_auth
 from tenants.pagination import KeysetPagination
-from tenants.schemas import ErrorOut, NoNulIn
+from tenants.schemas import ErrorOut, NoNulIn, UtcDatetime
 
 from providers import selectors
 from providers.api.providers import Scope, api_caller
@@ -29,24 +28,14 @@ router = Router(tags=["usage"], auth=tenant_key_auth)
 
 class UsageFilters(FilterSchema, NoNulIn):
     tenant_id: Optional[UUID] = Field(None, description="Sysadmin only: one tenant's usage.")
-    since: Optional[datetime] = Field(None, description="From this time (inclusive, ISO 8601).")
-    until: Optional[datetime] = Field(None, description="Up to this time (exclusive).")
+    since: Optional[UtcDatetime] = Field(None, description="From this time (inclusive, ISO 8601).")
+    until: Optional[UtcDatetime] = Field(None, description="Up to this time (exclusive).")
     model: Optional[str] = Field(None, description="Requested name, model id or alias.", max_length=200)
     provider_id: Optional[str] = Field(None, description="A provider's public id (aip_...).", max_length=40)
     status: Optional[str] = Field(None, description="ok, error, client_closed or refused.", pattern="^(ok|error|client_closed|refused)$")
     streamed: Optional[bool] = None
     api_key_prefix: Optional[str] = Field(None, description="Only calls made with this API key.", max_length=16)
 
-    @field_validator("since", "until")
-    @classmethod
-    def _utc(cls, value: Optional[datetime]) -> Optional[datetime]:
-        """Any offset ISO 8601 allows (up to +-23:59; PostgreSQL takes +-15:59), as the same instant in UTC."""
-        if value is None:
-            return None
-        try:
-            return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-        except OverflowError:
-            raise ValueError("Out of range once converted to UTC.") from None
 
 
 class UsageOut(Schema):
