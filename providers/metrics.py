@@ -224,9 +224,12 @@ def breaker_changed(provider: str, tenant: str, is_open: bool):
 
 
 def check_done(kind: str, ok: bool | None, count: int = 1):
-    """Checks of `kind` finished with this outcome."""
+    """Checks of `kind` finished with this outcome. A metric never costs a check its result: failures are logged."""
     if settings.METRICS_ENABLED and count:
-        _child(CHECKS, str(kind), "true" if ok else "false").inc(count)
+        try:
+            _child(CHECKS, str(kind), "true" if ok else "false").inc(count)
+        except Exception:  # noqa: BLE001 - e.g. the metrics folder was removed under a running worker
+            log.warning("metrics: could not count a finished check", exc_info=True)
 
 
 # --- provider health (from the database, per scrape) --------------------------------------------------------

@@ -130,8 +130,6 @@ def _record(provider: Provider, kind: str, outcome: CheckOutcome, *, model=None,
     check.latency_ms, check.message, check.finished_at = outcome.latency_ms, outcome.message[:500], now
     check.details = {**(check.details or {}), "model_id": outcome.model_id}
     check.save()
-    if check.state == ProviderCheck.State.DONE:
-        check_done(kind, outcome.ok)
     if update_health and tenant is None:
         Provider.objects.filter(pk=provider.pk).update(
             health_status=outcome.status, health_checked_at=now, health_latency_ms=outcome.latency_ms,
@@ -139,6 +137,8 @@ def _record(provider: Provider, kind: str, outcome: CheckOutcome, *, model=None,
         )
         if outcome.status != provider.health_status:  # the gateway prefers healthy candidates: tell its catalog
             catalog_bump(provider.tenant_id, kind=CatalogChange.Kind.HEALTH)
+    if check.state == ProviderCheck.State.DONE:
+        check_done(kind, outcome.ok)
     return check
 
 
