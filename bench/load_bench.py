@@ -85,6 +85,7 @@ def main():
     parser.add_argument("--requests", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--stream-share", type=float, default=0.3)
+    parser.add_argument("--warmup", type=int, default=1000, help="requests before the first RSS reading")
     parser.add_argument("--proxy-venv", default=str(gb.ROOT / "bench" / ".venv-proxy"),
                         help="the LiteLLM Proxy's virtualenv, for its idle RSS beside ours")
     args = parser.parse_args()
@@ -106,7 +107,7 @@ def main():
             time.sleep(2)
             idle = rss_mib(gw.pid)
             url, headers = f"http://127.0.0.1:{gw_port}/v1/chat/completions", {"Authorization": f"Bearer {api_key}"}
-            asyncio.run(mixed(url, headers, 1000, args.concurrency, args.stream_share))  # warm-up
+            asyncio.run(mixed(url, headers, args.warmup, args.concurrency, args.stream_share))  # warm-up
             before = rss_mib(gw.pid)
             half = args.requests // 2
             e1, t1 = asyncio.run(mixed(url, headers, half, args.concurrency, args.stream_share))
@@ -116,7 +117,8 @@ def main():
         finally:
             for proc in reversed(procs):
                 gb.stop(proc)
-    result = {"requests": args.requests, "concurrency": args.concurrency, "stream_share": args.stream_share,
+    result = {"requests": args.requests, "warmup": args.warmup, "concurrency": args.concurrency,
+              "stream_share": args.stream_share,
               "errors": e1 + e2, "rps": round(args.requests / (t1 + t2), 1), "rss_mib_idle": idle,
               "proxy_rss_mib_idle": proxy_idle, "rss_mib_before": before,
               "rss_mib_middle": middle, "rss_mib_after": after, "rss_growth_mib": round(after - before, 1),
