@@ -3,8 +3,8 @@
 and static files, as in production).
 
 Each browser script runs in a thread of its own with Playwright's sync API: the test's thread keeps no event
-loop, so the Django ORM works there as in every other test. With REQUIRE_SERVICES=1 a missing Chromium fails
-the tests; it never skips them.
+loop, so the Django ORM works there as in every other test. A missing Chromium fails the tests (naming what to
+install); it never skips them.
 """
 import os
 import shutil
@@ -32,9 +32,7 @@ def chromium_missing() -> str | None:
 def browser_ready():
     missing = chromium_missing()
     if missing:
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            pytest.fail(missing)
-        pytest.skip(missing)
+        pytest.fail(missing)
 
 
 def in_browser(script, *, viewport=VIEWPORT, timeout=300):
