@@ -33,7 +33,7 @@ from tenants.scopes import Scope
 
 from providers import selectors
 from providers.api import providers as rest
-from providers.api.checks import TaskOut
+from providers.api.checks import TaskOut, check_for, provider_test_start_for
 from providers.api.schemas import (EnablementOut, ModelIn, ModelOut, ProviderFilters, ProviderIn, ProviderOut,
                                    ProviderPatch)
 from providers.selectors import Forbidden, NotFound
@@ -201,29 +201,6 @@ def _delete(caller, path, _):
     return {"provider_id": path["provider_id"], "deleted": True}
 
 
-def _check(kind: str):
-    def run(caller, path, _):
-        from providers.checks.jobs import check_start
-        from providers.models import ProviderCheck
-
-        tenant = caller.api_key.tenant if caller.api_key is not None else None
-        if kind == "validate":
-            model = rest.model_for(caller, path["provider_id"], path["model_pk"], action="change")
-            return check_start(kind=ProviderCheck.Kind.VALIDATE, provider=model.provider, model=model, tenant=tenant,
-                               actor=caller.actor)
-        provider = rest.provider_for(caller, path["provider_id"], action="change")
-        return check_start(kind=ProviderCheck.Kind.TEST, provider=provider, tenant=tenant, actor=caller.actor)
-    return run
-
-
-def _task(caller, path, _):
-    from providers.checks.jobs import check_expire_stale
-
-    check = selectors.check_get(principal=caller.principal, task_id=path["task_id"])
-    check_expire_stale(checks=[check])
-    return check
-
-
 def _usage_summary(caller, path, filters):
     from providers.api.usage import summary_for
 
@@ -272,9 +249,10 @@ def _tools() -> list[Tool]:
         _make_tool("test-ai-provider", "Test a provider's connection",
                    "Queue a connectivity test (a 1-token call to the provider; may be billed). Read the result with "
                    "get-check-result.", scope=Scope.UPDATE, annotations=CALLS_OUT, path=("provider_id",), out=TaskOut,
-                   run=_check("test")),
+                   run=lambda caller, path, _: provider_test_start_for(caller, path["provider_id"])),
         _make_tool("get-check-result", "Read a queued check", "State and outcome of a queued test (masked).",
-                   scope=Scope.GET, annotations=READ, path=("task_id",), out=TaskOut, run=_task),
+                   scope=Scope.GET, annotations=READ, path=("task_id",), out=TaskOut,
+                   run=lambda caller, path, _: check_for(caller, path["task_id"])),
         _make_tool("get-usage-summary", "Usage summary",
                    "Totals per requested model (calls, errors, tokens, cost, mean latency) and the tenant's monthly "
                    "budget, spend and remaining budget. Filters: since, until, model, provider_id, status.",

@@ -59,10 +59,13 @@ def _tenant_for(caller):
 @router.post("/{provider_id}/test", response={202: TaskOut, **ERRORS})
 def test_provider(request, provider_id: str):
     """Queue a connectivity test (a 1-token call with the caller tenant's credential resolution)."""
-    caller = api_caller(request, Scope.UPDATE)
+    return Status(202, provider_test_start_for(api_caller(request, Scope.UPDATE), provider_id))
+
+
+def provider_test_start_for(caller, provider_id: str) -> ProviderCheck:
+    """Queue a connectivity test as REST and MCP do: change access to the provider, the caller tenant's credential."""
     provider = provider_for(caller, provider_id, action="change")
-    return Status(202, check_start(kind=ProviderCheck.Kind.TEST, provider=provider, tenant=_tenant_for(caller),
-                                   actor=caller.actor))
+    return check_start(kind=ProviderCheck.Kind.TEST, provider=provider, tenant=_tenant_for(caller), actor=caller.actor)
 
 
 @router.post("/{provider_id}/discover", response={202: TaskOut, **ERRORS})
@@ -86,7 +89,11 @@ def validate_model(request, provider_id: str, model_pk: int):
 def get_task(request, task_id: str):
     """State and outcome of a queued check. Unknown, or about a provider you cannot see: 404. A check still queued
     or running after CHECK_STALE_SECONDS is reported done and failed (its worker stopped)."""
-    caller = api_caller(request, Scope.GET)
+    return check_for(api_caller(request, Scope.GET), task_id)
+
+
+def check_for(caller, task_id: str) -> ProviderCheck:
+    """A queued check the caller may see (else NotFound), stale ones reported failed (REST and MCP)."""
     check = selectors.check_get(principal=caller.principal, task_id=task_id)
     check_expire_stale(checks=[check])
     return check
