@@ -315,6 +315,15 @@ def call_settings(provider_type: str, values: dict | None, *, secrets: bool = Tr
     return out
 
 
+# Settings that OpenAI-wire servers read as request headers (the lean lane's calls, model discovery, health).
+HEADER_SETTINGS = {"organization": "OpenAI-Organization"}
+
+
+def setting_headers(settings: dict | None) -> dict:
+    """The headers a call's settings become on an OpenAI-wire server."""
+    return {header: settings[name] for name, header in HEADER_SETTINGS.items() if (settings or {}).get(name)}
+
+
 def auth_present(provider_type: str, api_key: str | None, settings: dict, *, ambient: bool) -> bool:
     """Whether a call carries credentials of its own (`ambient`: or may use the server's identity)."""
     groups = _AUTH.get(provider_type, (("api_key",),)) + (_AMBIENT_AUTH.get(provider_type, ()) if ambient else ())

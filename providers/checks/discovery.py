@@ -14,6 +14,7 @@ from django.conf import settings
 
 from credentials.egress import EgressDenied, egress_scope, sync_client
 from credentials.masking import mask_text, secret_scope
+from credentials.provider_rules import setting_headers
 
 MAX_IDS = 2000
 
@@ -37,10 +38,7 @@ def list_headers(provider_type: str, api_key: str, settings: dict | None = None)
     """The list request's headers: the key, and the type's settings that OpenAI-style servers read as headers."""
     if provider_type == "anthropic":
         return {"x-api-key": api_key, "anthropic-version": "2023-06-01"}
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    if (settings or {}).get("organization"):
-        headers["OpenAI-Organization"] = settings["organization"]
-    return headers
+    return {**({"Authorization": f"Bearer {api_key}"} if api_key else {}), **setting_headers(settings)}
 
 
 def _ids(payload) -> list[str]:

@@ -42,12 +42,11 @@ import orjson
 from django.conf import settings
 
 from credentials.egress import EgressDenied, check_literal_host, tenant_rule_applies
-from credentials.provider_rules import EXTRA_OPENAI_COMPATIBLE
+from credentials.provider_rules import EXTRA_OPENAI_COMPATIBLE, HEADER_SETTINGS, setting_headers
 
 WIRE_TYPES = frozenset({"openai", "azure", "hosted_vllm", "openai_like", "custom_openai", "lm_studio",
                         *EXTRA_OPENAI_COMPATIBLE})
 OPENAI_BASE = "https://api.openai.com/v1"
-HEADER_SETTINGS = {"organization": "OpenAI-Organization"}  # type settings the lane sends as headers
 IGNORED_SETTINGS = frozenset({"base_model"})  # Azure: the model behind a deployment, for LiteLLM's prices only
 # OpenAI's reasoning models, whose parameters LiteLLM rewrites: they stay with LiteLLM (its own tests, by name)
 _REASONING_OPENAI = re.compile(r"^(o[134]|gpt-5)", re.IGNORECASE)
@@ -97,9 +96,7 @@ def target(provider_type: str, cred, model_id: str) -> Target | None:
     if not base or (provider_type in ("openai", *EXTRA_OPENAI_COMPATIBLE) and _REASONING_OPENAI.match(model_id)):
         return None
     headers = {"Authorization": f"Bearer {key or 'none'}", "Content-Type": "application/json"}
-    for name, header in HEADER_SETTINGS.items():
-        if value := cred.settings.get(name):
-            headers[header] = value
+    headers.update(setting_headers(cred.settings))
     return Target(provider_type, model_id, base.rstrip("/"), "", headers)
 
 
